@@ -1,0 +1,120 @@
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from tlgates.backbones import tiny_resnet
+from tlgates.methods import METHODS, Frozen, Param, build_method, get_method
+from tlgates.train import TrainConfig, fit
+
+
+@pytest.fixture
+def source():
+    torch.manual_seed(0)
+    return tiny_resnet(width=4).eval()
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def one_step(model, x, y, lr=0.1):
+    model.train()
+    opt = torch.optim.SGD(model.param_groups(lr), lr=lr)
+    loss = sum(model.loss_terms(x, y).values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_baselines_are_registered():
+    assert {"scratch", "linear", "finetune", "l2", "l2sp"} <= set(METHODS)
+
+
+def test_methods_never_modify_the_source(source, batch):
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    for name in ("scratch", "linear", "finetune", "l2", "l2sp"):
+        one_step(build_method(name, source, 3), *batch)
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+
+
+def test_l2sp_is_zero_at_start_and_positive_after_a_step(source, batch):
+    model = build_method("l2sp", source, 3, alpha=1.0)
+    assert model.starting_point_penalty().item() == 0.0
+    one_step(model, *batch)
+    assert model.starting_point_penalty().item() > 0.0
+
+
+def test_l2sp_penalty_matches_its_formula(source, batch):
+    model = build_method("l2sp", source, 3, alpha=0.5, beta=0.2)
+    one_step(model, *batch)
+    expected = sum(((p - q) ** 2).sum() for p, q in
+                   zip(model.backbone.parameters(), source.parameters())) / 2
+    torch.testing.assert_close(model.starting_point_penalty(), expected)
+    terms = model.loss_terms(*batch)
+    torch.testing.assert_close(terms["l2sp"], 0.5 * expected)
+    torch.testing.assert_close(terms["head_l2"], 0.1 * model.head.weight.pow(2).sum())
+
+
+def test_linear_probe_leaves_the_backbone_unchanged(source, batch):
+    model = build_method("linear", source, 3)
+    assert isinstance(model.backbone, Frozen)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = model.head.weight.clone()
+    for _ in range(3):
+        one_step(model, *batch)
+    assert not model.backbone.training  # BatchNorm statistics are not updated
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+    assert not torch.equal(model.head.weight, head_before)
+
+
+def test_scratch_is_reinitialised(source):
+    model = build_method("scratch", source, 3)
+    assert not torch.equal(model.backbone.stem[0].weight, source.stem[0].weight)
+
+
+def test_finetune_learning_rate_groups(source):
+    model = build_method("finetune", source, 3, backbone_lr_scale=0.1)
+    groups = model.param_groups(0.05)
+    assert [g["lr"] for g in groups] == pytest.approx([0.005, 0.05])
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len(list(model.parameters()))
+
+
+def test_l2_uses_weight_decay(source):
+    groups = build_method("l2", source, 3, weight_decay=0.02).param_groups(0.05)
+    assert all(g["weight_decay"] == 0.02 for g in groups)
+
+
+def test_bad_method_and_hyperparameters_raise_clear_errors(source):
+    with pytest.raises(ValueError, match="unknown method 'nope'.*finetune"):
+        build_method("nope", source, 3)
+    with pytest.raises(ValueError, match="unknown hyperparameter 'gamma'.*alpha"):
+        build_method("l2sp", source, 3, gamma=1)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 100\], got -1"):
+        build_method("l2sp", source, 3, alpha=-1)
+    with pytest.raises(ValueError, match="alpha must be a float"):
+        get_method("l2sp").check({"alpha": "lots"})
+
+
+def test_param_parsing_from_strings():
+    assert Param(1, "n", low=0, high=5).parse("n", "3") == 3
+    assert Param(True, "flag").parse("flag", "false") is False
+    assert Param("a", "mode", choices=("a", "b")).parse("mode", "b") == "b"
+    with pytest.raises(ValueError, match="mode must be one of a, b"):
+        Param("a", "mode", choices=("a", "b")).parse("mode", "c")
+    with pytest.raises(ValueError, match="n must be a int"):
+        Param(1, "n").parse("n", 2.5)
+
+
+def test_finetune_learns_a_separable_toy_task(source):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    x = torch.rand(40, 3, 32, 32, generator=g) * 0.2 + y[:, None, None, None] * 0.8
+    model = build_method("finetune", source, 2)
+    fit(model, TensorDataset(x, y), config=TrainConfig(epochs=5, augment=False),
+        progress=False, device="cpu")
+    assert (model(x).argmax(1) == y).float().mean() == 1.0

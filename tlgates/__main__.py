@@ -1,0 +1,107 @@
+"""Command line: ``python -m tlgates methods`` and ``python -m tlgates run METHOD ...``.
+
+Examples::
+
+    python -m tlgates methods
+    python -m tlgates run finetune --shots 5 --seeds 3
+    python -m tlgates run l2sp --set alpha=0.5 --json
+
+Bad arguments exit with status 2 and one line naming the argument and what is allowed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from tlgates.data import TARGETS, load_target
+from tlgates.experiment import run_method
+from tlgates.methods import METHODS, get_method
+from tlgates.train import TrainConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tlgates: error: {message}\n")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set takes NAME=VALUE, got {item!r}")
+        params[name] = value
+    return params
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = _Parser(prog="python -m tlgates", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("methods", help="list the methods and their hyperparameters")
+    run = commands.add_parser("run", help="train a method over seeds; print test accuracy")
+    run.add_argument("method", help="a method name (see `python -m tlgates methods`)")
+    run.add_argument("--target", default="digits",
+                     help=f"target task: {', '.join(TARGETS)}, a torchvision data set name "
+                          "or folder:PATH (default digits)")
+    run.add_argument("--shots", type=int, default=5, help="labels per class (default 5)")
+    run.add_argument("--epochs", type=int, default=defaults.epochs)
+    run.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1)")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="a method hyperparameter; repeat for several")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON object with the results on the last line")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _list_methods() -> None:
+    for spec in METHODS.values():
+        paper = f"  [{spec.paper}]" if spec.paper else ""
+        print(f"{spec.name:10s} {spec.summary}{paper}")
+        for name, param in spec.params.items():
+            print(f"{'':12s}--set {name}={param.default}  {param.help} ({param.allowed()})")
+
+
+def _check(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+    """Validate everything before training; raise ValueError naming the argument."""
+    spec = get_method(args.method)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be ≥ 1, got {args.seeds}")
+    load_target(args.target, shots=args.shots, seed=0)
+    try:
+        config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    except ValueError as err:
+        raise ValueError(f"--{err}".replace("batch_size", "batch-size")) from None
+    params = spec.check(_parse_set(args.set))
+    return config, params
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "methods":
+        _list_methods()
+        return 0
+    try:
+        config, params = _check(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    result = run_method(args.method, target=args.target, shots=args.shots, seeds=args.seeds,
+                        config=config, params=params, progress=not args.quiet)
+    for seed, accuracy in zip(result.seeds, result.accuracies):
+        print(f"seed {seed}: test accuracy {accuracy:.1%}", file=sys.stderr if args.json
+              else sys.stdout)
+    print(result.summary(), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

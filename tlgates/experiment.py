@@ -1,0 +1,131 @@
+"""Run methods over seeds and labels-per-class, and report mean ± std on the test split.
+
+Each seed draws its own K-shot training set and its own initialisation; the test split is fixed
+and never used for choosing anything.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tlgates.data import TargetTask, load_target
+from tlgates.methods import TransferModel, build_method, get_method
+from tlgates.source import SourceModel, source_model
+from tlgates.train import History, TrainConfig, evaluate, fit, seed_everything
+
+
+@dataclass
+class RunResult:
+    """Test accuracies of one method with one setting, one per seed."""
+
+    method: str
+    target: str
+    shots: int
+    seeds: list[int]
+    accuracies: list[float]
+    seconds: float
+    params: dict[str, Any]
+    histories: list[History] = field(default_factory=list, repr=False)
+    model: TransferModel | None = field(default=None, repr=False)  # the last seed's model
+    task: TargetTask | None = field(default=None, repr=False)  # the last seed's task
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for a single seed)."""
+        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.method} on {self.target}, {self.shots} per class, "
+                f"{len(self.seeds)} seed(s): {self.mean:.1%} ± {self.std:.1%} "
+                f"({self.seconds:.1f} s)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "target": self.target, "shots": self.shots,
+                "seeds": self.seeds, "accuracies": self.accuracies, "mean": self.mean,
+                "std": self.std, "seconds": self.seconds, "params": self.params}
+
+
+def _seed_list(seeds: int | Iterable[int]) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be ≥ 1, got {seeds}")
+        return list(range(seeds))
+    return list(seeds)
+
+
+def run_method(method: str, *, target: str = "digits", shots: int = 5,
+               seeds: int | Iterable[int] = 3, config: TrainConfig = TrainConfig(),
+               params: dict[str, Any] | None = None, source: SourceModel | None = None,
+               progress: bool = True, on_epoch: Callable[[History], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> RunResult:
+    """Train ``method`` on ``target`` with ``shots`` labels per class, once per seed.
+
+    Every argument is checked before any training starts. ``seeds`` is a count (seeds
+    0..n−1) or an explicit list. The result keeps the last seed's model and task for
+    inspection. ``on_epoch`` and ``should_stop`` are passed to :func:`~tlgates.train.fit`.
+    """
+    spec = get_method(method)
+    values = spec.check(params or {})
+    seed_values = _seed_list(seeds)
+    tasks = [load_target(target, shots=shots, seed=seed) for seed in seed_values]
+    source = source if source is not None else source_model(progress=progress)
+    result = RunResult(method, target, shots, seed_values, [], 0.0, values)
+    start = time.perf_counter()
+    for seed, task in zip(seed_values, tasks):
+        seed_everything(seed)
+        model = build_method(method, source.backbone, task.num_classes, **values)
+        history = fit(model, task.train, task.val, config, seed=seed, progress=progress,
+                      on_epoch=on_epoch, should_stop=should_stop)
+        result.histories.append(history)
+        if history.interrupted:
+            break
+        result.accuracies.append(evaluate(model, task.test).accuracy)
+        result.model, result.task = model, task
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def compare(methods: Sequence[str], *, target: str = "digits", shots: Sequence[int] = (5,),
+            seeds: int | Iterable[int] = 3, config: TrainConfig = TrainConfig(),
+            params: dict[str, dict[str, Any]] | None = None,
+            source: SourceModel | None = None, progress: bool = True) -> pd.DataFrame:
+    """Test accuracy of each method for each labels-per-class value and seed (long format).
+
+    Returns one row per (method, shots, seed) with columns ``method``, ``shots``, ``seed``,
+    ``accuracy`` and ``seconds`` (per seed); summarise with :func:`summarize`.
+    """
+    source = source if source is not None else source_model(progress=progress)
+    rows = []
+    for k in shots:
+        for name in methods:
+            result = run_method(name, target=target, shots=k, seeds=seeds, config=config,
+                                params=(params or {}).get(name), source=source,
+                                progress=progress)
+            per_seed = result.seconds / len(result.seeds)
+            rows += [{"method": name, "shots": k, "seed": s, "accuracy": a,
+                      "seconds": per_seed} for s, a in zip(result.seeds, result.accuracies)]
+    return pd.DataFrame(rows)
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std of the test accuracy (in %) per method and labels-per-class."""
+    grouped = frame.groupby(["method", "shots"], sort=False)["accuracy"]
+    table = grouped.agg(["mean", "std", "count"]).mul([100, 100, 1]).round(1)
+    return table.rename(columns={"mean": "accuracy %", "std": "± std", "count": "seeds"})
+
+
+def device_name() -> str:
+    """A short description of where training runs (for notebook headers)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({torch.get_num_threads()} threads)"

@@ -1,0 +1,18 @@
+"""Every transfer method, registered by name (``METHODS``) through one interface.
+
+Each module in this package registers its methods on import; adding a method is adding a file.
+"""
+import importlib
+import pkgutil
+
+from tlgates.methods.base import (
+    METHODS, Classifier, Frozen, MethodSpec, Param, TransferModel, build_method, get_method,
+    register,
+)
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "Classifier", "Frozen", "MethodSpec", "Param", "TransferModel",
+           "build_method", "get_method", "register"]

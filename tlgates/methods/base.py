@@ -1,0 +1,190 @@
+"""The method interface: what every transfer method gives the one training loop.
+
+A method is a :class:`TransferModel` (an ``nn.Module``) built from the pre-trained source
+backbone by a builder function registered with :func:`register`. The loop (``tlgates.train``)
+asks the model for
+
+- ``loss_terms(x, y)``: the named scalar terms of the loss (``"ce"`` plus any regulariser),
+  summed for the gradient and logged one by one;
+- ``param_groups(lr)``: optimizer parameter groups with their own learning rates and decay;
+- ``on_epoch_start(epoch, num_epochs)``: schedules such as GTN's warm-up;
+- ``last_decisions``: what the last forward pass decided per example (gates, routes), which the
+  loop gathers over the evaluation set and hands to ``epoch_record`` for per-epoch records.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlgates.backbones import Backbone
+
+
+class TransferModel(nn.Module):
+    """Base class of every method's model; ``forward(x)`` returns class logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_decisions: dict[str, torch.Tensor] = {}
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named loss terms for one batch; the loop minimises their sum."""
+        return {"ce": F.cross_entropy(self(x), y)}
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: by default every trainable parameter at ``lr``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Called by the loop before each training epoch (0-based)."""
+
+    def epoch_record(self, decisions: dict[str, torch.Tensor],
+                     y: torch.Tensor) -> dict[str, Any]:
+        """Per-epoch summary of the decisions gathered over the evaluation set."""
+        return {}
+
+
+class Frozen(nn.Module):
+    """A module that is not trained: no gradients for its weights, BatchNorm in eval mode.
+
+    ``train()`` on a parent does not switch it back to training mode, so its BatchNorm layers
+    keep normalising with the source statistics and never update them. (Setting
+    ``requires_grad=False`` alone would still let BatchNorm's running statistics drift.)
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Frozen:
+        return super().train(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
+class Classifier(TransferModel):
+    """``logits = head(backbone(x))``: a copy of the source backbone and a new linear head."""
+
+    def __init__(self, source: Backbone, num_classes: int, *, freeze_backbone: bool = False):
+        super().__init__()
+        backbone = copy.deepcopy(source)
+        self.backbone: nn.Module = Frozen(backbone) if freeze_backbone else backbone
+        self.head = nn.Linear(source.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method hyperparameter: its default, its allowed values and a one-line help.
+
+    Numbers are checked against ``[low, high]``; strings against ``choices``.
+    """
+
+    default: float | int | bool | str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def parse(self, name: str, value: Any) -> Any:
+        """Convert ``value`` (maybe a string from the command line) and check it."""
+        kind = type(self.default)
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = value.lower() in ("true", "1")
+            elif kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            elif kind is int and isinstance(value, float):
+                raise ValueError
+            value = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a {kind.__name__} ({self.allowed()}), "
+                             f"got {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{name} must be {self.allowed()}, got {value!r}")
+        if (self.low is not None and value < self.low) or (
+                self.high is not None and value > self.high):
+            raise ValueError(f"{name} must be {self.allowed()}, got {value!r}")
+        return value
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            return f"in [{lo}, {hi}]"
+        return f"a {type(self.default).__name__}"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its builder, its hyperparameters and where it comes from."""
+
+    name: str
+    summary: str
+    build: Callable[..., TransferModel]
+    params: dict[str, Param] = field(default_factory=dict)
+    paper: str = ""
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: p.default for name, p in self.params.items()}
+
+    def check(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Defaults updated with ``overrides``, each checked; unknown names raise."""
+        unknown = sorted(set(overrides) - set(self.params))
+        if unknown:
+            allowed = ", ".join(self.params) or "none"
+            raise ValueError(f"unknown hyperparameter {unknown[0]!r} for method {self.name!r}; "
+                             f"allowed: {allowed}")
+        values = self.defaults()
+        values.update({k: self.params[k].parse(k, v) for k, v in overrides.items()})
+        return values
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(name: str, summary: str, paper: str = "",
+             **params: Param) -> Callable[[Callable[..., TransferModel]],
+                                          Callable[..., TransferModel]]:
+    """Register ``build(source, num_classes, **params) -> TransferModel`` as method ``name``."""
+
+    def decorator(build: Callable[..., TransferModel]) -> Callable[..., TransferModel]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        METHODS[name] = MethodSpec(name, summary, build, dict(params), paper)
+        return build
+
+    return decorator
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method ``name``; unknown names raise a ``ValueError`` listing them."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(name: str, source: Backbone, num_classes: int,
+                 **overrides: Any) -> TransferModel:
+    """Build method ``name`` for a ``num_classes`` task from the ``source`` backbone.
+
+    The source backbone is never modified: builders copy what they train.
+    """
+    spec = get_method(name)
+    return spec.build(source, num_classes, **spec.check(overrides))

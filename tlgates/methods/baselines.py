@@ -1,0 +1,105 @@
+"""Baselines every adaptive method is compared with.
+
+- ``scratch``: the same architecture, randomly initialised (no transfer).
+- ``linear``: a linear probe, the pre-trained backbone frozen.
+- ``finetune``: everything trained from the pre-trained weights, optionally the backbone at a
+  fraction of the head's learning rate.
+- ``l2``: fine-tuning with weight decay, ``λ/2·‖w‖²`` (pulls weights towards zero).
+- ``l2sp``: L2-SP (Li, Grandvalet & Davoine, arXiv 1802.01483), ``α/2·‖w − w⁰‖²`` on the
+  pre-trained weights plus ``β/2·‖w_head‖²`` on the new head, with no weight decay on top.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tlgates.backbones import Backbone
+from tlgates.methods.base import Classifier, Param, register
+
+
+@register("scratch", "train the same network from a random initialisation (no transfer)")
+def build_scratch(source: Backbone, num_classes: int) -> Classifier:
+    model = Classifier(source, num_classes)
+    for module in model.backbone.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # BatchNorm also resets its running statistics
+    return model
+
+
+@register("linear", "linear probe: train a new head on the frozen pre-trained features")
+def build_linear(source: Backbone, num_classes: int) -> Classifier:
+    return Classifier(source, num_classes, freeze_backbone=True)
+
+
+class FineTune(Classifier):
+    """Fine-tuning with the backbone at ``backbone_lr_scale`` × the head's learning rate."""
+
+    def __init__(self, source: Backbone, num_classes: int, backbone_lr_scale: float = 1.0,
+                 weight_decay: float = 0.0):
+        super().__init__(source, num_classes)
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [
+            {"params": list(self.backbone.parameters()), "lr": lr * self.backbone_lr_scale,
+             "weight_decay": self.weight_decay},
+            {"params": list(self.head.parameters()), "lr": lr,
+             "weight_decay": self.weight_decay},
+        ]
+
+
+_LR_SCALE = Param(1.0, "backbone learning rate as a fraction of the head's", low=0.0, high=1.0)
+
+
+@register("finetune", "fine-tune every layer from the pre-trained weights",
+          backbone_lr_scale=_LR_SCALE)
+def build_finetune(source: Backbone, num_classes: int, backbone_lr_scale: float) -> FineTune:
+    return FineTune(source, num_classes, backbone_lr_scale)
+
+
+@register("l2", "fine-tuning with weight decay λ/2·‖w‖² (towards zero)",
+          weight_decay=Param(0.01, "weight decay λ", low=0.0, high=1.0),
+          backbone_lr_scale=_LR_SCALE)
+def build_l2(source: Backbone, num_classes: int, weight_decay: float,
+             backbone_lr_scale: float) -> FineTune:
+    return FineTune(source, num_classes, backbone_lr_scale, weight_decay)
+
+
+class L2SP(FineTune):
+    """L2-SP: ``CE + α/2·‖w − w⁰‖² + β/2·‖w_head‖²`` (arXiv 1802.01483, eq. 4).
+
+    ``w⁰`` are the pre-trained backbone parameters (kept as non-persistent buffers), ``w`` the
+    fine-tuned ones; the new head's weight matrix is decayed towards zero.
+    """
+
+    def __init__(self, source: Backbone, num_classes: int, alpha: float, beta: float,
+                 backbone_lr_scale: float = 1.0):
+        super().__init__(source, num_classes, backbone_lr_scale)
+        self.alpha, self.beta = alpha, beta
+        for i, p in enumerate(self.backbone.parameters()):
+            self.register_buffer(f"_w0_{i}", p.detach().clone(), persistent=False)
+
+    def starting_point_penalty(self) -> torch.Tensor:
+        """``½·‖w − w⁰‖²`` summed over every backbone parameter (one fused op per list)."""
+        params = list(self.backbone.parameters())
+        anchors = [getattr(self, f"_w0_{i}") for i in range(len(params))]
+        diffs = torch._foreach_sub(params, anchors)
+        return 0.5 * torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = super().loss_terms(x, y)
+        terms["l2sp"] = self.alpha * self.starting_point_penalty()
+        terms["head_l2"] = 0.5 * self.beta * self.head.weight.pow(2).sum()
+        return terms
+
+
+@register("l2sp", "fine-tuning pulled towards the pre-trained weights (L2-SP)",
+          paper="arXiv 1802.01483",
+          alpha=Param(0.1, "strength α of α/2·‖w − w⁰‖²", low=0.0, high=100.0),
+          beta=Param(0.01, "strength β of β/2·‖w_head‖²", low=0.0, high=100.0),
+          backbone_lr_scale=_LR_SCALE)
+def build_l2sp(source: Backbone, num_classes: int, alpha: float, beta: float,
+               backbone_lr_scale: float) -> L2SP:
+    return L2SP(source, num_classes, alpha, beta, backbone_lr_scale)
