@@ -118,3 +118,40 @@ def test_finetune_learns_a_separable_toy_task(source):
     fit(model, TensorDataset(x, y), config=TrainConfig(epochs=5, augment=False),
         progress=False, device="cpu")
     assert (model(x).argmax(1) == y).float().mean() == 1.0
+
+
+def test_frozen_copy_keeps_source_statistics_unless_asked(source, batch):
+    from tlgates.methods import frozen_and_trainable
+
+    block = source.blocks[0]
+    frozen, trainable = frozen_and_trainable(block)
+    parent = torch.nn.ModuleList([frozen, trainable]).train()
+    assert not frozen.training and trainable.training
+    assert all(not p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in trainable.parameters())
+    x = source.stem(batch[0]).detach()
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    frozen(x)
+    for key, value in frozen.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+    torch.testing.assert_close(frozen(x), block(x))  # the source block in eval mode
+
+    batch_mode, _ = frozen_and_trainable(block, batchnorm="batch")
+    parent = torch.nn.ModuleList([batch_mode]).train()
+    assert batch_mode.training
+    batch_mode(x)
+    assert not torch.equal(batch_mode.module.bn1.running_mean, block.bn1.running_mean)
+    with pytest.raises(ValueError, match="batchnorm must be one of eval, batch"):
+        frozen_and_trainable(block, batchnorm="train")
+
+
+def test_step_time_benchmark_reports_ratios(source, batch):
+    from tlgates.benchmark import step_times
+
+    models = {"finetune": build_method("finetune", source, 3),
+              "linear": build_method("linear", source, 3)}
+    table = step_times(models, *batch, rounds=2, steps=1, warmup=1)
+    assert table.loc["finetune", "ratio to finetune"] == 1.0
+    assert table.loc["linear", "ms per step"] > 0
+    with pytest.raises(ValueError, match="baseline must be one of the models"):
+        step_times(models, *batch, baseline="gtn")

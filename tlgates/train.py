@@ -139,6 +139,26 @@ def evaluate(model: TransferModel, dataset: Dataset, *, batch_size: int = 256,
                       {name: torch.cat(parts) for name, parts in decisions.items()})
 
 
+def training_step(model: TransferModel, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                  y: torch.Tensor, *, where: str = "") -> tuple[torch.Tensor,
+                                                             dict[str, torch.Tensor]]:
+    """One optimisation step on the sum of the model's loss terms; returns (loss, terms).
+
+    Raises ``FloatingPointError`` before touching the weights if the loss is NaN or infinite.
+    """
+    terms = model.loss_terms(x, y)
+    loss = sum(terms.values())
+    if not math.isfinite(loss.item()):
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        lr = optimizer.param_groups[-1]["lr"]
+        raise FloatingPointError(f"the loss became {loss.item()} {where}({values}); lower the "
+                                 f"learning rate (lr={lr:.4g}) or the regularisation strength")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, terms
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "onecycle":
@@ -193,17 +213,8 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
                 x, y = x.to(device), y.to(device)
                 if config.augment:
                     x = random_shift(x, 2, generator)
-                terms = model.loss_terms(x, y)
-                loss = sum(terms.values())
-                if not math.isfinite(loss.item()):
-                    values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                    raise FloatingPointError(
-                        f"the loss became {loss.item()} at epoch {epoch}, step {step} "
-                        f"({values}); lower the learning rate (lr={config.lr}) or the "
-                        "regularisation strength")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss, terms = training_step(model, optimizer, x, y,
+                                            where=f"at epoch {epoch}, step {step} ")
                 scheduler.step()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.item()

@@ -6,8 +6,8 @@ import importlib
 import pkgutil
 
 from tlgates.methods.base import (
-    METHODS, Classifier, Frozen, MethodSpec, Param, TransferModel, build_method, get_method,
-    register,
+    METHODS, Classifier, Frozen, MethodSpec, Param, TransferModel, build_method,
+    frozen_and_trainable, get_method, register,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -15,4 +15,4 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Classifier", "Frozen", "MethodSpec", "Param", "TransferModel",
-           "build_method", "get_method", "register"]
+           "build_method", "frozen_and_trainable", "get_method", "register"]

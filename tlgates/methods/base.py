@@ -49,24 +49,45 @@ class TransferModel(nn.Module):
         return {}
 
 
-class Frozen(nn.Module):
-    """A module that is not trained: no gradients for its weights, BatchNorm in eval mode.
+FROZEN_BATCHNORM = ("eval", "batch")
 
-    ``train()`` on a parent does not switch it back to training mode, so its BatchNorm layers
-    keep normalising with the source statistics and never update them. (Setting
-    ``requires_grad=False`` alone would still let BatchNorm's running statistics drift.)
+
+class Frozen(nn.Module):
+    """A module that is not trained: its weights get no gradients and never change.
+
+    ``batchnorm`` says how its BatchNorm layers behave while the parent trains:
+
+    - ``"eval"`` (default): always normalise with the source statistics, which never change.
+      ``train()`` on a parent does not switch it back to training mode. (Setting
+      ``requires_grad=False`` alone would still let the running statistics drift.)
+    - ``"batch"``: follow the parent's mode, as the official SpotTune code did: in training,
+      normalise with batch statistics and update this copy's running statistics.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, batchnorm: str = "eval"):
         super().__init__()
+        if batchnorm not in FROZEN_BATCHNORM:
+            raise ValueError(f"batchnorm must be one of {', '.join(FROZEN_BATCHNORM)}, "
+                             f"got {batchnorm!r}")
+        self.batchnorm = batchnorm
         self.module = module.requires_grad_(False)
         self.train(False)
 
     def train(self, mode: bool = True) -> Frozen:
-        return super().train(False)
+        return super().train(mode and self.batchnorm == "batch")
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
+
+
+def frozen_and_trainable(module: nn.Module,
+                         batchnorm: str = "eval") -> tuple[Frozen, nn.Module]:
+    """Two copies of a pre-trained ``module``: a :class:`Frozen` one and a trainable one.
+
+    SpotTune, AdaFilter and PTU keep both beside each other. The frozen copy costs one more set
+    of weights but no gradients and no optimizer state; ``module`` itself is left untouched.
+    """
+    return Frozen(copy.deepcopy(module), batchnorm), copy.deepcopy(module).requires_grad_(True)
 
 
 class Classifier(TransferModel):
