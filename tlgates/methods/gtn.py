@@ -1,0 +1,194 @@
+"""GTN, the Gated Transfer Network (Zhu, Xue, Darrell … ACCV 2018, arXiv 1810.12521).
+
+Question: are all pre-trained features equally useful for the new task? GTN lets the network
+decide, per example and per channel, how much of each pooled pre-trained feature to pass on.
+On the pooled feature ``f`` (B×D) of a fine-tuned backbone (official code: jiaxue-ai/GTN):
+
+.. math::
+
+    g = \\sigma\\big(W_2\\,\\mathrm{Dropout}(\\mathrm{ReLU}(W_1 f))\\big) \\in (0, 1)^D,
+    \\qquad \\mathrm{logits} = W_c\\,\\mathrm{Dropout}(g \\odot f)
+
+(a squeeze-and-excitation style self-gate, ``W_1``: D → D/r, ``W_2``: D/r → D). An auxiliary
+linear classifier ``W_a`` on the pooled output ``h`` of an intermediate stage, read from the same
+forward pass, adds a deep-supervision term; it is not used at inference:
+
+.. math::
+
+    L = \\mathrm{CE}(\\mathrm{logits}, y) + \\lambda_{aux}\\,\\mathrm{CE}(W_a h, y),
+    \\qquad \\lambda_{aux} = 0.2 \\text{ in the paper.}
+
+Schedule (official code): the new layers (gate and heads) alone for the first
+``warmup_epochs`` epochs, the backbone frozen with its BatchNorm statistics fixed; then
+everything. The ablation of the paper is reachable through the hyperparameters ``gate`` and
+``aux_weight`` (see :data:`ABLATION`); every variant shares the head dropout and the warm-up.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlgates.backbones import Backbone
+from tlgates.methods.base import Param, TransferModel, register
+
+#: The paper's ablation as ``gtn`` hyperparameters: label → overrides.
+ABLATION: dict[str, dict[str, Any]] = {
+    "fine-tune": {"gate": False, "aux_weight": 0.0},
+    "+ aux": {"gate": False},
+    "+ gate": {"aux_weight": 0.0},
+    "GTN": {},
+}
+
+
+class FeatureGate(nn.Module):
+    """``g = σ(W₂·Dropout(ReLU(W₁·f)))``: a gate in (0, 1) for each of the D features.
+
+    Args:
+        dim: the feature size D.
+        reduction: the bottleneck has ``max(1, D // reduction)`` units (16 in the paper).
+        dropout: the dropout probability inside the bottleneck.
+
+    Shape: ``(B, D) → (B, D)``.
+    """
+
+    def __init__(self, dim: int, reduction: int = 16, dropout: float = 0.5):
+        super().__init__()
+        hidden = max(1, dim // reduction)
+        self.squeeze = nn.Linear(dim, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.excite = nn.Linear(hidden, dim)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.excite(self.dropout(F.relu(self.squeeze(f)))))
+
+
+class GatedTransferNetwork(TransferModel):
+    """A fine-tuned copy of the source backbone, a feature gate, a classifier and an aux head.
+
+    Args:
+        source: the pre-trained backbone (copied, never modified).
+        num_classes: classes of the target task.
+        gate: use the gate; ``False`` fixes ``g = 1`` (no gate parameters).
+        aux_weight: λ_aux; ``0`` builds no auxiliary head.
+        aux_stage: which stage the auxiliary head reads (an index into ``stage_ends``;
+            ``-2`` is the second-to-last stage).
+        reduction: the gate's bottleneck is ``D // reduction`` units.
+        dropout: dropout probability in the gate and in front of the classifier.
+        warmup_epochs: epochs at the start with the backbone frozen (weights and BatchNorm
+            statistics); set by :meth:`on_epoch_start`.
+
+    ``last_decisions`` holds ``"feature"`` (the pooled ``f``, B×D) and, with the gate,
+    ``"gate"`` (``g``, B×D).
+    """
+
+    def __init__(self, source: Backbone, num_classes: int, *, gate: bool = True,
+                 aux_weight: float = 0.2, aux_stage: int = -2, reduction: int = 16,
+                 dropout: float = 0.5, warmup_epochs: int = 0):
+        super().__init__()
+        stages = len(source.stage_ends)
+        if not -stages <= aux_stage < stages:
+            raise ValueError(f"aux_stage must index one of the backbone's {stages} stages "
+                             f"(from {-stages} to {stages - 1}), got {aux_stage}")
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight must be ≥ 0, got {aux_weight}")
+        if reduction < 1:
+            raise ValueError(f"reduction must be an integer ≥ 1, got {reduction}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be ≥ 0, got {warmup_epochs}")
+        self.backbone = copy.deepcopy(source)
+        self.backbone.requires_grad_(True)
+        dim = source.feature_dim
+        self.gate = FeatureGate(dim, reduction, dropout) if gate else None
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, num_classes)
+        self.aux_weight = aux_weight
+        self.aux_block = source.stage_ends[aux_stage]
+        self.aux_head = (nn.Linear(source.block_channels[self.aux_block], num_classes)
+                         if aux_weight > 0 else None)
+        self.warmup_epochs = warmup_epochs
+        self.backbone_frozen = False
+
+    def classify(self, f: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        """``W_c·Dropout(g ⊙ f)``; with ``g=None`` the features pass ungated (``g = 1``)."""
+        return self.head(self.dropout(f if g is None else g * f))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits and auxiliary logits (``None`` without aux head), from ONE pass.
+
+        The auxiliary head reads the intermediate map that the backbone computed anyway on its
+        way to ``f``; nothing is computed twice.
+        """
+        maps = self.backbone.feature_maps(x)
+        f = Backbone.pool(maps[-1])
+        g = self.gate(f) if self.gate is not None else None
+        self.last_decisions = {"feature": f.detach()}
+        if g is not None:
+            self.last_decisions["gate"] = g.detach()
+        aux = None
+        if self.aux_head is not None and self.training:
+            aux = self.aux_head(Backbone.pool(maps[self.aux_block]))
+        return self.classify(f, g), aux
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_aux(x)[0]
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``ce`` and, with an auxiliary head in training, ``aux = λ_aux·CE(aux logits)``."""
+        logits, aux = self.forward_with_aux(x)
+        terms = {"ce": F.cross_entropy(logits, y)}
+        if aux is not None:
+            terms["aux"] = self.aux_weight * F.cross_entropy(aux, y)
+        return terms
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The backbone and the new layers, all at ``lr`` (frozen ones get no gradient)."""
+        new = [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+        return [{"params": list(self.backbone.parameters()), "lr": lr},
+                {"params": new, "lr": lr}]
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Freeze (or release) the backbone: no weight gradients, BatchNorm in eval mode."""
+        self.backbone_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Warm-up: the new layers alone for the first ``warmup_epochs``, then everything."""
+        self.freeze_backbone(epoch < self.warmup_epochs)
+
+    def train(self, mode: bool = True) -> GatedTransferNetwork:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()  # running statistics stay the pre-trained ones
+        return self
+
+    def epoch_record(self, decisions: dict[str, torch.Tensor],
+                     y: torch.Tensor) -> dict[str, Any]:
+        """Mean gate, fraction of gates below 0.5, and the mean gate of every channel."""
+        if "gate" not in decisions:
+            return {}
+        g = decisions["gate"]
+        return {"gate_mean": g.mean().item(), "gate_below_half": (g < 0.5).float().mean().item(),
+                "gate_channel_mean": g.mean(dim=0).tolist()}
+
+
+@register("gtn", "Gated Transfer Network: a self-gate on the pooled features + an aux head",
+          paper="arXiv 1810.12521",
+          gate=Param(True, "gate the pooled features (false: g = 1)"),
+          aux_weight=Param(0.2, "λ_aux of the auxiliary classifier (0: none)", low=0.0,
+                           high=10.0),
+          aux_stage=Param(-2, "stage the auxiliary head reads (index into stage_ends)",
+                          low=-16, high=15),
+          reduction=Param(16, "gate bottleneck: D // reduction units", low=1, high=1024),
+          dropout=Param(0.5, "dropout in the gate and before the classifier", low=0.0,
+                        high=0.95),
+          warmup_epochs=Param(5, "first epochs with the backbone frozen (heads only)",
+                              low=0, high=1000))
+def build_gtn(source: Backbone, num_classes: int, **params: Any) -> GatedTransferNetwork:
+    return GatedTransferNetwork(source, num_classes, **params)
