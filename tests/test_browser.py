@@ -203,7 +203,8 @@ rows = []
 shots = widgets.IntSlider(5, 1, 50, description="shots", continuous_update=False)
 lr = widgets.FloatLogSlider(0.1, base=10, min=-3, max=0, description="lr",
                             continuous_update=False)
-train_button = widgets.Button(description="Train", button_style="primary")
+train_button = widgets.Button(description="Train", button_style="primary", icon="play")
+stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
 table = widgets.Output()
 table.add_class("tlgates-results")
 
@@ -218,7 +219,8 @@ def train():
 
 
 train_button.on_click(lambda _: threading.Thread(target=train, daemon=True).start())
-dashboard = widgets.VBox([widgets.HBox([widgets.VBox([shots, lr]), train_button]), table])
+buttons = widgets.HBox([train_button, stop_button])
+dashboard = widgets.VBox([widgets.HBox([widgets.VBox([shots, lr]), buttons]), table])
 dashboard.add_class("tlgates-dashboard")
 train()
 dashboard
