@@ -194,6 +194,7 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
     """
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
+    model.on_fit_start(train)
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)

@@ -7,6 +7,7 @@ asks the model for
 - ``loss_terms(x, y)``: the named scalar terms of the loss (``"ce"`` plus any regulariser),
   summed for the gradient and logged one by one;
 - ``param_groups(lr)``: optimizer parameter groups with their own learning rates and decay;
+- ``on_fit_start(train)``: what is computed once from the training set (DELTA's attention);
 - ``on_epoch_start(epoch, num_epochs)``: schedules such as GTN's warm-up;
 - ``last_decisions``: what the last forward pass decided per example (gates, routes), which the
   loop gathers over the evaluation set and hands to ``epoch_record`` for per-epoch records.
@@ -39,6 +40,14 @@ class TransferModel(nn.Module):
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: by default every trainable parameter at ``lr``."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def on_fit_start(self, train: Any) -> None:
+        """Called by the loop once before training with the training set (a ``Dataset``).
+
+        For what must be computed from the target data before the first step, such as DELTA's
+        channel attention. It runs before the loop seeds its random generators, so what it
+        draws does not change the training that follows.
+        """
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called by the loop before each training epoch (0-based)."""
