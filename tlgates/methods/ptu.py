@@ -1,0 +1,488 @@
+"""PTU, the Parameter Transfer Unit (Zhang, Zhang & Yang, PAKDD 2019, arXiv 1804.08613).
+
+Question: which layers should a target network *share* with the source network (keep the
+pre-trained parameters fixed) and which should it *fine-tune*? Instead of choosing by hand, PTU
+keeps both and learns a continuous mix per channel. In every layer ``l`` the frozen source
+layer gives ``a_s`` and a trainable target copy (initialised to the source weights) gives
+``a_t``, both from the same input ``h_{l-1}`` (the previous unit's output):
+
+.. math::
+
+    z = \\sigma(U_z [a_s; a_t] + b_z), \\qquad r = \\sigma(U_r [a_s; a_t] + b_r), \\qquad
+    h_l = z \\odot a_s + r \\odot a_t .
+
+``(z, r) = (1, 0)`` is parameter sharing (the layer is the source layer) and ``(0, 1)`` is
+fine-tuning (the layer is the target copy), so the discrete transfer states are corners of a
+continuous gate space; ``(1, 1)`` adds both and ``(0, 0)`` switches the channel off.
+
+There is no public code: this module is our reconstruction from the paper's abstract and
+equations (DESIGN.md §5). Our choices where the paper is silent:
+
+- **Convolutional layers** (:class:`ConvPTU`): one unit per element of the backbone contract,
+  the ``stem`` and each residual block. The gates are per example and per channel, computed
+  from the globally pooled activations ``[GAP(a_s); GAP(a_t)]`` (2C → 2C, one linear layer for
+  both gates), not from a 1×1 convolution per pixel: cheaper, and one ``(z, r)`` point per
+  channel is what the gate plane shows.
+- **Initialisation**: ``U = 0`` and ``b_z = logit(z₀)``, ``b_r = logit(1 − z₀)``, so every gate
+  starts at ``(z₀, 1 − z₀)`` on the anti-diagonal ``z + r = 1``. The target copy starts equal to
+  the source, so the network starts *exactly* as the pre-trained one for any ``z₀``; ``z₀`` near
+  1 starts near sharing, near 0 near fine-tuning.
+- **Recurrent cells** (:class:`PTULSTM`): the source LSTM cell (frozen) and its target copy read
+  the same input ``x_t`` and the same previous state ``(h, c)``; the gates are computed from
+  their hidden states ``[h_s; h_t]`` and mix both the hidden and the cell state
+  (``h = z ⊙ h_s + r ⊙ h_t``, ``c = z ⊙ c_s + r ⊙ c_t``), so ``(1, 0)`` is exactly the source
+  LSTM and ``(0, 1)`` exactly the target one. Its demo reads an image row by row
+  (:class:`RowLSTM`), pretrained on the glyph source domain (:func:`rnn_source_model`).
+- **Frozen BatchNorm**: the source layers normalise with the source statistics
+  (``batchnorm="eval"``, default) or with batch statistics as SpotTune's code did (``"batch"``).
+
+Registered methods: ``ptu`` (the CNN form on the source backbone) and ``ptu-rnn`` (the LSTM
+form; its ``transfer`` hyperparameter also gives the plain sharing and fine-tuning baselines of
+the recurrent network). Plain sharing of the CNN is the registered ``linear`` probe.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlgates.backbones import Backbone
+from tlgates.methods.base import (
+    FROZEN_BATCHNORM, Frozen, Param, TransferModel, frozen_and_trainable, register,
+)
+from tlgates.paths import data_dir
+
+TRANSFER_MODES = ("ptu", "finetune", "share")
+
+
+def _check_z_init(z_init: float) -> float:
+    if not 0.0 < z_init < 1.0:
+        raise ValueError(f"z_init must be in (0, 1) (the sigmoid never reaches 0 or 1), "
+                         f"got {z_init!r}")
+    return float(z_init)
+
+
+class PTUGate(nn.Module):
+    """The two gates of a PTU: ``(z, r) = σ(U·[s; t] + b)``, ``U`` = ``[U_z; U_r]`` (2C × 2C).
+
+    Args:
+        channels: C, the number of channels (or hidden units) gated.
+        z_init: every gate starts at ``(z_init, 1 − z_init)`` (``U = 0``, biases the logits).
+
+    Inputs: ``s`` and ``t``, the source and target activations ``(B, C)`` (pooled for CNNs).
+    Outputs: ``z`` and ``r``, each ``(B, C)`` in (0, 1).
+    """
+
+    def __init__(self, channels: int, z_init: float = 0.5):
+        super().__init__()
+        z_init = _check_z_init(z_init)
+        self.channels = channels
+        self.proj = nn.Linear(2 * channels, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        with torch.no_grad():
+            self.proj.bias[:channels] = math.log(z_init / (1 - z_init))
+            self.proj.bias[channels:] = math.log((1 - z_init) / z_init)
+
+    def forward(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, r = torch.sigmoid(self.proj(torch.cat([s, t], dim=1))).chunk(2, dim=1)
+        return z, r
+
+
+def _out_channels(module: nn.Module) -> int:
+    """Output channels of a convolutional stage: those of its last Conv2d or BatchNorm2d."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    if not layers:
+        raise ValueError(f"cannot tell the output channels of {type(module).__name__}: "
+                         "it has no Conv2d or BatchNorm2d")
+    last = layers[-1]
+    return last.num_features if isinstance(last, nn.BatchNorm2d) else last.out_channels
+
+
+class ConvPTU(nn.Module):
+    """One PTU around a convolutional layer (a stem or a residual block).
+
+    ``a_s = source(h)`` (frozen), ``a_t = target(h)`` (trainable copy); the gates read the
+    pooled activations and mix the maps per channel: ``out = z ⊙ a_s + r ⊙ a_t``.
+
+    Args:
+        layer: the pre-trained layer (copied twice; never modified).
+        channels: its output channels C.
+        z_init: initial ``z`` (``r`` starts at ``1 − z_init``).
+        batchnorm: how the frozen copy's BatchNorm behaves (``"eval"`` or ``"batch"``, see
+            :class:`~tlgates.methods.base.Frozen`).
+
+    Shape: ``(B, C_in, H, W) → (B, C, H', W')``, and ``z``, ``r`` of shape ``(B, C)``.
+    """
+
+    def __init__(self, layer: nn.Module, channels: int, *, z_init: float = 0.5,
+                 batchnorm: str = "eval"):
+        super().__init__()
+        self.source, self.target = frozen_and_trainable(layer, batchnorm)
+        self.gate = PTUGate(channels, z_init)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a_s, a_t = self.source(h), self.target(h)
+        z, r = self.gate(Backbone.pool(a_s), Backbone.pool(a_t))
+        return z[:, :, None, None] * a_s + r[:, :, None, None] * a_t, z, r
+
+
+class PTUNetwork(TransferModel):
+    """A backbone in which the stem and every block is a :class:`ConvPTU`, and a new head.
+
+    ``logits = head(GAP(h_L))`` with ``h_l = unit_l(h_{l−1})``, ``h_0 = x``.
+
+    Args:
+        source: the pre-trained backbone (copied, never modified).
+        num_classes: classes of the target task.
+        z_init: initial ``z`` of every gate (``r = 1 − z_init``).
+        gate_lr_scale: the gates' learning rate as a multiple of the base learning rate.
+        target_lr_scale: the target copies' learning rate as a fraction of the base one.
+        batchnorm: BatchNorm of the frozen source layers (``"eval"`` or ``"batch"``).
+
+    ``last_decisions`` holds ``"z"`` and ``"r"``, each ``(B, ΣC)``: the gates of every channel of
+    every unit, in the order of ``layer_names`` (``layer_channels`` gives the sizes).
+    """
+
+    def __init__(self, source: Backbone, num_classes: int, *, z_init: float = 0.5,
+                 gate_lr_scale: float = 1.0, target_lr_scale: float = 1.0,
+                 batchnorm: str = "eval"):
+        super().__init__()
+        _check_scales(gate_lr_scale, target_lr_scale)
+        if batchnorm not in FROZEN_BATCHNORM:
+            raise ValueError(f"batchnorm must be one of {', '.join(FROZEN_BATCHNORM)}, "
+                             f"got {batchnorm!r}")
+        layers = [source.stem, *source.blocks]
+        self.layer_names = ["stem"] + [f"block {i + 1}" for i in range(len(source.blocks))]
+        self.layer_channels = [_out_channels(source.stem), *source.block_channels]
+        self.units = nn.ModuleList(
+            ConvPTU(layer, c, z_init=z_init, batchnorm=batchnorm)
+            for layer, c in zip(layers, self.layer_channels))
+        self.head = nn.Linear(source.feature_dim, num_classes)
+        self.gate_lr_scale, self.target_lr_scale = gate_lr_scale, target_lr_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zs, rs = [], []
+        for unit in self.units:
+            x, z, r = unit(x)
+            zs.append(z)
+            rs.append(r)
+        self.last_decisions = {"z": torch.cat(zs, 1).detach(), "r": torch.cat(rs, 1).detach()}
+        return self.head(Backbone.pool(x))
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Target copies at ``target_lr_scale·lr``, gates at ``gate_lr_scale·lr``, head at
+        ``lr``; no weight decay (the frozen source copies have no trainable parameters)."""
+        return [
+            {"params": [p for u in self.units for p in u.target.parameters()],
+             "lr": lr * self.target_lr_scale},
+            {"params": [p for u in self.units for p in u.gate.parameters()],
+             "lr": lr * self.gate_lr_scale},
+            {"params": list(self.head.parameters()), "lr": lr},
+        ]
+
+    def epoch_record(self, decisions: dict[str, torch.Tensor],
+                     y: torch.Tensor) -> dict[str, Any]:
+        """Mean ``z`` and ``r``, and each channel's mean ``z`` and ``r`` over the examples."""
+        return _gate_record(decisions)
+
+
+def _check_scales(gate_lr_scale: float, target_lr_scale: float) -> None:
+    if not gate_lr_scale > 0:
+        raise ValueError(f"gate_lr_scale must be > 0, got {gate_lr_scale!r}")
+    if not target_lr_scale >= 0:
+        raise ValueError(f"target_lr_scale must be ≥ 0, got {target_lr_scale!r}")
+
+
+def _gate_record(decisions: dict[str, torch.Tensor]) -> dict[str, Any]:
+    if "z" not in decisions:
+        return {}
+    z, r = decisions["z"].float(), decisions["r"].float()
+    channel_dims = tuple(range(z.dim() - 1))  # all but the channel (hidden unit) axis
+    return {"z_mean": z.nanmean().item(), "r_mean": r.nanmean().item(),
+            "z_channel": z.nanmean(dim=channel_dims).tolist(),
+            "r_channel": r.nanmean(dim=channel_dims).tolist()}
+
+
+# ----------------------------------------------------------------------------- recurrent form
+
+
+class RowLSTM(nn.Module):
+    """Reads an image row by row: ``(B, C, H, W)`` → a sequence of H rows of ``C·W`` values
+    → a one-layer LSTM → its last hidden state ``(B, hidden)``.
+
+    Args:
+        row_size: values per row, ``C·W`` (96 for 3×32×32 images).
+        hidden: LSTM hidden units (``feature_dim``).
+    """
+
+    def __init__(self, row_size: int = 96, hidden: int = 64):
+        super().__init__()
+        if row_size < 1 or hidden < 1:
+            raise ValueError(f"row_size and hidden must be ≥ 1, got {row_size}, {hidden}")
+        self.lstm = nn.LSTM(row_size, hidden, batch_first=True)
+        self.row_size, self.feature_dim = row_size, hidden
+
+    @staticmethod
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) → (B, H, C·W)``: row ``i`` holds the pixels of row ``i``, channel by
+        channel."""
+        return x.permute(0, 2, 1, 3).flatten(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(self.rows(x))[1][0][0]
+
+
+def lstm_cell(lstm: nn.LSTM) -> nn.LSTMCell:
+    """An ``nn.LSTMCell`` with the weights of a one-layer, unidirectional ``nn.LSTM`` (a copy)."""
+    if lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size:
+        raise ValueError("lstm_cell needs a one-layer, unidirectional LSTM without projection")
+    cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size, bias=lstm.bias)
+    with torch.no_grad():
+        cell.weight_ih.copy_(lstm.weight_ih_l0)
+        cell.weight_hh.copy_(lstm.weight_hh_l0)
+        if lstm.bias:
+            cell.bias_ih.copy_(lstm.bias_ih_l0)
+            cell.bias_hh.copy_(lstm.bias_hh_l0)
+    return cell.to(lstm.weight_ih_l0.device)
+
+
+class PTULSTM(nn.Module):
+    """PTU between a frozen source LSTM cell and its trainable copy, over a sequence.
+
+    At every step both cells read ``x_t`` and the shared state ``(h, c)``:
+    ``(h_s, c_s) = cell_s(x_t, (h, c))``, ``(h_t, c_t) = cell_t(x_t, (h, c))``,
+    ``(z, r) = gate(h_s, h_t)``, then ``h = z ⊙ h_s + r ⊙ h_t`` and ``c = z ⊙ c_s + r ⊙ c_t``.
+
+    Args:
+        lstm: the pre-trained one-layer ``nn.LSTM`` (copied; never modified).
+        z_init: initial ``z`` of every gate (``r = 1 − z_init``).
+
+    Inputs: ``x`` ``(B, T, D)`` and optional ``lengths`` ``(B,)`` (each sequence's true length
+    ``1 ≤ L ≤ T``; the state stops changing after it, as with a packed sequence).
+    Outputs: the last hidden state ``(B, H)`` (at each sequence's own length), and ``z``, ``r``
+    ``(B, T, H)``; steps past a sequence's length hold NaN (no gate was used there).
+    """
+
+    def __init__(self, lstm: nn.LSTM, *, z_init: float = 0.5):
+        super().__init__()
+        self.source, self.target = frozen_and_trainable(lstm_cell(lstm))
+        self.gate = PTUGate(lstm.hidden_size, z_init)
+        self.hidden = lstm.hidden_size
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, steps, _ = x.shape
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=x.device)
+            if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > steps:
+                raise ValueError(f"lengths must hold {batch} values in [1, {steps}], "
+                                 f"got {lengths.tolist()}")
+        h = c = x.new_zeros(batch, self.hidden)
+        zs, rs = [], []
+        for step in range(steps):
+            h_s, c_s = self.source(x[:, step], (h, c))
+            h_t, c_t = self.target(x[:, step], (h, c))
+            z, r = self.gate(h_s, h_t)
+            h_new, c_new = z * h_s + r * h_t, z * c_s + r * c_t
+            if lengths is not None:
+                active = (step < lengths)[:, None]
+                h, c = torch.where(active, h_new, h), torch.where(active, c_new, c)
+                z, r = z.masked_fill(~active, math.nan), r.masked_fill(~active, math.nan)
+            else:
+                h, c = h_new, c_new
+            zs.append(z)
+            rs.append(r)
+        return h, torch.stack(zs, 1), torch.stack(rs, 1)
+
+
+class RecurrentClassifier(TransferModel):
+    """``logits = head(RowLSTM(x))``: the recurrent network trained as a whole or frozen.
+
+    Used to pretrain the source LSTM on glyphs, and as the recurrent baselines: fine-tuning
+    (``freeze=False``) and parameter sharing (``freeze=True``: a linear probe on the frozen
+    LSTM), which are PTU's ``(0, 1)`` and ``(1, 0)`` corners.
+    """
+
+    def __init__(self, encoder: RowLSTM, num_classes: int, *, freeze: bool = False):
+        super().__init__()
+        encoder = copy.deepcopy(encoder)
+        self.encoder: nn.Module = Frozen(encoder) if freeze else encoder.requires_grad_(True)
+        self.head = nn.Linear(encoder.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+class RecurrentPTU(TransferModel):
+    """``logits = head(h_T)`` where ``h_T`` is the last state of a :class:`PTULSTM` reading the
+    image row by row (see :class:`RowLSTM`).
+
+    Args:
+        source: the pre-trained :class:`RowLSTM` (copied, never modified).
+        num_classes: classes of the target task.
+        z_init, gate_lr_scale, target_lr_scale: as for :class:`PTUNetwork`.
+
+    ``last_decisions`` holds ``"z"`` and ``"r"``, each ``(B, T, H)``: the gates of every hidden
+    unit at every time step (image row). ``layer_names`` and ``layer_channels`` describe the one
+    gated layer, as for :class:`PTUNetwork`.
+    """
+
+    def __init__(self, source: RowLSTM, num_classes: int, *, z_init: float = 0.5,
+                 gate_lr_scale: float = 1.0, target_lr_scale: float = 1.0):
+        super().__init__()
+        _check_scales(gate_lr_scale, target_lr_scale)
+        self.unit = PTULSTM(source.lstm, z_init=z_init)
+        self.layer_names, self.layer_channels = ["LSTM"], [source.feature_dim]
+        self.head = nn.Linear(source.feature_dim, num_classes)
+        self.gate_lr_scale, self.target_lr_scale = gate_lr_scale, target_lr_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, z, r = self.unit(RowLSTM.rows(x))
+        self.last_decisions = {"z": z.detach(), "r": r.detach()}
+        return self.head(h)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Target cell at ``target_lr_scale·lr``, gates at ``gate_lr_scale·lr``, head at ``lr``."""
+        return [
+            {"params": list(self.unit.target.parameters()), "lr": lr * self.target_lr_scale},
+            {"params": list(self.unit.gate.parameters()), "lr": lr * self.gate_lr_scale},
+            {"params": list(self.head.parameters()), "lr": lr},
+        ]
+
+    def epoch_record(self, decisions: dict[str, torch.Tensor],
+                     y: torch.Tensor) -> dict[str, Any]:
+        """Mean ``z`` and ``r``; per hidden unit (``*_channel``) and per time step (``*_time``)."""
+        record = _gate_record(decisions)
+        if record:
+            for name in ("z", "r"):
+                record[f"{name}_time"] = decisions[name].float().nanmean(dim=(0, 2)).tolist()
+        return record
+
+
+# ----------------------------------------------------------------------------- RNN source
+
+
+@dataclass(frozen=True)
+class RNNSourceConfig:
+    """How the recurrent source model is pretrained on glyphs; every field is in the cache key."""
+
+    hidden: int = 64
+    glyphs_per_class: int = 100
+    epochs: int = 6
+    lr: float = 0.5
+    batch_size: int = 64
+    seed: int = 0
+
+    def key(self) -> str:
+        text = json.dumps({"version": RNN_CACHE_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+RNN_CACHE_VERSION = 1
+
+
+@dataclass
+class RNNSource:
+    """The pretrained :class:`RowLSTM` and how well it reads held-out glyphs."""
+
+    encoder: RowLSTM
+    config: RNNSourceConfig
+    glyph_accuracy: float
+    train_seconds: float
+    from_cache: bool = field(default=False)
+
+    def __repr__(self) -> str:
+        origin = "loaded from cache" if self.from_cache else "trained now"
+        return (f"RNNSource(row LSTM, {self.config.hidden} hidden units, "
+                f"{sum(p.numel() for p in self.encoder.parameters()):,} parameters, "
+                f"{self.glyph_accuracy:.1%} on held-out glyphs, {origin})")
+
+
+def rnn_source_model(config: RNNSourceConfig = RNNSourceConfig(), *, progress: bool = True,
+                     rebuild: bool = False) -> RNNSource:
+    """The row-by-row LSTM pretrained on glyphs, from ``data_dir()`` or trained now (seconds).
+
+    The cache is read with ``torch.load(..., weights_only=True)``; a corrupt or stale file is
+    trained again with a warning.
+    """
+    # Imported here: tlgates.train and tlgates.source import the methods package (this module).
+    from tlgates.data import GLYPH_CLASSES, glyph_dataset
+    from tlgates.train import TrainConfig, evaluate, fit
+
+    path = data_dir() / f"rnn-source-{config.key()}.pt"
+    if path.exists() and not rebuild:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("config") != asdict(config) or saved.get("version") != RNN_CACHE_VERSION:
+                raise ValueError("it was built with other settings")
+            encoder = RowLSTM(saved["row_size"], config.hidden)
+            encoder.load_state_dict(saved["encoder"])
+            return RNNSource(encoder.eval(), config, saved["glyph_accuracy"],
+                             saved["train_seconds"], from_cache=True)
+        except Exception as err:  # any unreadable or mismatched file is rebuilt
+            warnings.warn(f"the cached RNN source model {path} is unusable ({err}); "
+                          "training it again", stacklevel=2)
+    train = glyph_dataset(config.glyphs_per_class, seed=config.seed)
+    held_out = glyph_dataset(20, seed=config.seed + 1)
+    row_size = train.tensors[0].shape[1] * train.tensors[0].shape[3]
+    torch.manual_seed(config.seed)
+    model = RecurrentClassifier(RowLSTM(row_size, config.hidden), len(GLYPH_CLASSES))
+    loop = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
+    start = time.perf_counter()
+    fit(model, train, config=loop, seed=config.seed, device="cpu", progress=progress)
+    seconds = time.perf_counter() - start
+    accuracy = evaluate(model, held_out).accuracy
+    encoder = model.encoder.eval()
+    saved = {"version": RNN_CACHE_VERSION, "config": asdict(config), "row_size": row_size,
+             "encoder": encoder.state_dict(), "glyph_accuracy": accuracy,
+             "train_seconds": seconds}
+    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+    torch.save(saved, tmp)
+    tmp.replace(path)
+    return RNNSource(encoder, config, accuracy, seconds)
+
+
+# ----------------------------------------------------------------------------- registry
+
+_Z_INIT = Param(0.5, "initial z of every gate (r starts at 1 − z): near 1 starts near "
+                     "sharing, near 0 near fine-tuning", low=0.01, high=0.99)
+_GATE_LR = Param(1.0, "the gates' learning rate as a multiple of the base lr", low=0.01,
+                 high=100.0)
+_TARGET_LR = Param(1.0, "the target copies' learning rate as a fraction of the base lr",
+                   low=0.0, high=1.0)
+
+
+@register("ptu", "Parameter Transfer Unit: learned per-channel mix of a frozen source layer "
+                 "and its fine-tuned copy", paper="arXiv 1804.08613",
+          z_init=_Z_INIT, gate_lr_scale=_GATE_LR, target_lr_scale=_TARGET_LR,
+          batchnorm=Param("eval", "BatchNorm of the frozen source layers: source statistics "
+                                  "(eval) or batch statistics (batch)",
+                          choices=FROZEN_BATCHNORM))
+def build_ptu(source: Backbone, num_classes: int, **params: Any) -> PTUNetwork:
+    return PTUNetwork(source, num_classes, **params)
+
+
+@register("ptu-rnn", "PTU in an LSTM reading the image row by row (its own glyph-pretrained "
+                     "source LSTM)", paper="arXiv 1804.08613",
+          transfer=Param("ptu", "ptu (learned gates), finetune or share (the corners (0, 1) "
+                                "and (1, 0) as plain networks)", choices=TRANSFER_MODES),
+          z_init=_Z_INIT, gate_lr_scale=_GATE_LR, target_lr_scale=_TARGET_LR)
+def build_ptu_rnn(source: Backbone | RowLSTM, num_classes: int, *, transfer: str,
+                  **params: Any) -> TransferModel:
+    """The recurrent form. Its source is a :class:`RowLSTM`: ``source`` itself if it is one,
+    otherwise (the CNN backbone that ``run_method`` passes to every method) the glyph-pretrained
+    LSTM of :func:`rnn_source_model` (cached; trained once, in seconds). ``transfer="finetune"``
+    and ``"share"`` ignore the gate hyperparameters (they have no gates)."""
+    encoder = source if isinstance(source, RowLSTM) else rnn_source_model(progress=False).encoder
+    if transfer == "ptu":
+        return RecurrentPTU(encoder, num_classes, **params)
+    return RecurrentClassifier(encoder, num_classes, freeze=transfer == "share")
