@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -94,7 +95,7 @@ def source_model(config: SourceConfig = SourceConfig(), *, progress: bool = True
     saved = {"version": CACHE_VERSION, "config": asdict(config),
              "backbone": backbone.state_dict(), "glyph_accuracy": accuracy,
              "train_seconds": seconds}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent builds do not collide
     torch.save(saved, tmp)
     tmp.replace(path)
     return SourceModel(backbone.eval(), config, accuracy, seconds)
