@@ -1,0 +1,265 @@
+"""SpotTune: adaptive fine-tuning per image (Guo et al., CVPR 2019, arXiv 1811.08737).
+
+Question: *which residual blocks should this image be fine-tuned through?* Every block ``l`` of
+the backbone exists twice: a frozen pre-trained copy ``F_l`` and a fine-tuned copy ``F̂_l``
+(both start from the source weights). A small policy network reads the raw (downsampled) image
+and outputs two logits per block; a decision ``I_l(x) ∈ {0, 1}`` picks one copy per example:
+
+.. math::
+
+    x_l = \\big(1 - I_l(x)\\big)\\,F_l(x_{l-1}) + I_l(x)\\,\\hat F_l(x_{l-1}),
+    \\qquad I_l(x) = \\mathrm{onehot}\\Big(\\arg\\max_j\\,(\\alpha_{l,j} + G_{l,j})\\Big)_1
+
+with ``α_l`` the policy's logits and ``G`` i.i.d. Gumbel(0, 1) noise in training. The discrete
+sample is trained with the straight-through Gumbel-softmax estimator
+(``F.gumbel_softmax(α, τ, hard=True)``): the forward value is the hard one-hot, the gradient is
+that of ``softmax((α + G)/τ)``. The temperature ``τ`` (5 in the paper) therefore only scales and
+smooths the gradient; the sampled route has probability ``softmax(α)`` whatever ``τ`` is. At
+evaluation the route is deterministic, ``argmax_j α_{l,j}`` (``sample_at_eval=True`` keeps
+sampling, as the official code ``gyhui14/spottune`` did).
+
+**SpotTune-Global** (the paper's global variant): with ``v_l`` the fraction of the batch that
+fine-tunes block ``l``, a penalty pushes every example to fine-tune the same ``k`` blocks,
+
+.. math::
+
+    L_{global} = \\lambda_g\\Big[\\big(\\textstyle\\sum_l v_l - k\\big)^2
+                 + \\textstyle\\sum_l H(v_l)\\Big], \\qquad H(v) = -v\\log v - (1-v)\\log(1-v),
+
+the first term asks for ``k`` fine-tuned blocks, the second for agreement between examples.
+
+**What is ours, not the paper's.** (1) A *usage target* against collapse, in the manner of
+ConvNet-AIG's target-rate loss (Veit & Belongie, arXiv 1711.11503):
+``L_usage = λ_u · mean_l (v_l − t)²``. On a small target task the fine-tuned copy of a block is
+usually better for every image or for none, and without it the routes collapse (every image
+takes the same route); with it, each block is fine-tuned for about a fraction ``t`` of the
+images and the policy chooses *which* ones. ``usage_weight=0`` is plain SpotTune. (2) The policy
+network: two convolutions on an image average-pooled to ``policy_size`` pixels, a 4×4 pooled map
+and one linear layer (the paper used a ResNet with three blocks), its last layer initialised to
+zero so that every route starts at probability ½. (3) The stem before the first block is
+fine-tuned (as in the official code), and the head is new.
+
+Efficiency: in training both copies of every block run on the whole batch (the straight-through
+gradient of ``I_l`` needs both outputs); the frozen copy's weights get no gradients, so its
+backward is the input gradient only. At evaluation each example runs only through the copy it
+chose. The frozen copies' BatchNorm is ``"eval"`` (source statistics) by default, or
+``"batch"`` as in the official code (:class:`~tlgates.methods.base.Frozen`).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlgates.backbones import Backbone
+from tlgates.methods.base import FROZEN_BATCHNORM, Frozen, Param, TransferModel, \
+    frozen_and_trainable, register
+
+
+class PolicyNetwork(nn.Module):
+    """Reads the image, outputs two logits (frozen, fine-tuned) for every block.
+
+    ``x`` is average-pooled to ``size × size`` pixels, then
+    ``conv3×3(C→w) → BN → ReLU → conv3×3 stride 2 (w→2w) → BN → ReLU → pool to 4×4 → linear``.
+    The linear layer starts at zero: every route starts with probability ½ for every image.
+
+    Args:
+        num_blocks: how many decisions to make (blocks of the backbone).
+        width: ``w``, channels of the first convolution.
+        size: side of the downsampled image the policy reads.
+        in_channels: channels of the input image.
+
+    Shape: ``(B, C, H, W) → (B, num_blocks, 2)``.
+    """
+
+    def __init__(self, num_blocks: int, width: int = 8, size: int = 16, in_channels: int = 3):
+        super().__init__()
+        self.num_blocks, self.size = num_blocks, size
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        )
+        self.logits = nn.Linear(2 * width * 16, 2 * num_blocks)
+        nn.init.zeros_(self.logits.weight)
+        nn.init.zeros_(self.logits.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.adaptive_avg_pool2d(x, self.size)
+        return self.logits(self.features(x)).view(-1, self.num_blocks, 2)
+
+
+def _run_chosen(frozen: nn.Module, tuned: nn.Module, h: torch.Tensor,
+                route: torch.Tensor) -> torch.Tensor:
+    """Each example through the one copy its route chose (evaluation: no blend needed)."""
+    tuned_rows = route.bool()
+    if tuned_rows.all():
+        return tuned(h)
+    if not tuned_rows.any():
+        return frozen(h)
+    out_tuned, out_frozen = tuned(h[tuned_rows]), frozen(h[~tuned_rows])
+    out = out_tuned.new_empty((h.shape[0],) + out_tuned.shape[1:])
+    out[tuned_rows], out[~tuned_rows] = out_tuned, out_frozen
+    return out
+
+
+class SpotTune(TransferModel):
+    """A source backbone with a frozen and a fine-tuned copy of every block, and a policy.
+
+    Args:
+        source: the pre-trained backbone (copied, never modified).
+        num_classes: classes of the target task.
+        temperature: ``τ`` of the Gumbel-softmax (> 0); scales the policy's gradient.
+        policy_lr: peak learning rate of the policy network (its own parameter group).
+        policy_weight_decay: weight decay of the policy network.
+        policy_width: channels ``w`` of the policy's first convolution.
+        policy_size: side of the downsampled image the policy reads.
+        usage_target: ``t``, the fraction of images each block should fine-tune for.
+        usage_weight: ``λ_u`` of the usage target (0: plain SpotTune).
+        global_weight: ``λ_g`` of the SpotTune-Global penalty (0: off).
+        global_blocks: ``k``, the number of blocks SpotTune-Global fine-tunes.
+        frozen_bn: BatchNorm of the frozen copies, ``"eval"`` or ``"batch"``.
+        sample_at_eval: sample routes at evaluation too (default: deterministic argmax).
+
+    ``last_decisions`` holds ``"route"`` (B×L, 1 = fine-tuned copy) and ``"p_finetune"``
+    (B×L, the policy's probability ``softmax(α)_1`` of fine-tuning each block).
+    """
+
+    def __init__(self, source: Backbone, num_classes: int, *, temperature: float = 1.0,
+                 policy_lr: float = 0.05, policy_weight_decay: float = 0.001,
+                 policy_width: int = 8, policy_size: int = 16, usage_target: float = 0.5,
+                 usage_weight: float = 1.0, global_weight: float = 0.0, global_blocks: int = 2,
+                 frozen_bn: str = "eval", sample_at_eval: bool = False):
+        super().__init__()
+        num_blocks = len(source.blocks)
+        checks = [
+            ("temperature", temperature, temperature > 0, "must be > 0"),
+            ("policy_lr", policy_lr, policy_lr > 0, "must be > 0"),
+            ("policy_weight_decay", policy_weight_decay, policy_weight_decay >= 0,
+             "must be ≥ 0"),
+            ("policy_width", policy_width, policy_width >= 1, "must be an integer ≥ 1"),
+            ("policy_size", policy_size, policy_size >= 4, "must be an integer ≥ 4"),
+            ("usage_target", usage_target, 0 <= usage_target <= 1, "must be in [0, 1]"),
+            ("usage_weight", usage_weight, usage_weight >= 0, "must be ≥ 0"),
+            ("global_weight", global_weight, global_weight >= 0, "must be ≥ 0"),
+            ("global_blocks", global_blocks, 0 <= global_blocks <= num_blocks,
+             f"must be in [0, {num_blocks}] (the backbone's number of blocks)"),
+            ("frozen_bn", frozen_bn, frozen_bn in FROZEN_BATCHNORM,
+             f"must be one of {', '.join(FROZEN_BATCHNORM)}"),
+        ]
+        for name, value, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} {rule}, got {value!r}")
+        self.temperature, self.policy_lr = temperature, policy_lr
+        self.policy_weight_decay = policy_weight_decay
+        self.usage_target, self.usage_weight = usage_target, usage_weight
+        self.global_weight, self.global_blocks = global_weight, global_blocks
+        self.sample_at_eval = sample_at_eval
+        self.stem = copy.deepcopy(source.stem).requires_grad_(True)
+        pairs = [frozen_and_trainable(block, frozen_bn) for block in source.blocks]
+        self.frozen_blocks = nn.ModuleList(frozen for frozen, _ in pairs)
+        self.tuned_blocks = nn.ModuleList(tuned for _, tuned in pairs)
+        self.head = nn.Linear(source.feature_dim, num_classes)
+        in_channels = next(source.stem.parameters()).shape[1]
+        self.policy = PolicyNetwork(num_blocks, policy_width, policy_size, in_channels)
+
+    def routes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(I, p)``: the decisions ``I`` (B×L in {0, 1}, 1 = fine-tuned; straight-through
+        gradient in training) and the policy's probabilities ``p`` of fine-tuning (B×L)."""
+        alpha = self.policy(x)
+        p_finetune = alpha.softmax(dim=-1)[..., 1]
+        if self.training or self.sample_at_eval:
+            return F.gumbel_softmax(alpha, tau=self.temperature, hard=True)[..., 1], p_finetune
+        return (alpha[..., 1] > alpha[..., 0]).to(x.dtype), p_finetune
+
+    def forward_with_routes(self, x: torch.Tensor,
+                            routes: torch.Tensor | None = None) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        """Class logits and the routes taken (B×L), from one pass.
+
+        ``routes`` forces the decisions (a B×L or L tensor of 0/1; the policy is not run):
+        all zeros is the source network's blocks, all ones plain fine-tuning's.
+        """
+        if routes is None:
+            routes, p_finetune = self.routes(x)
+            self.last_decisions = {"route": routes.detach(), "p_finetune": p_finetune.detach()}
+        else:
+            routes = routes.to(x.dtype).expand(x.shape[0], len(self.tuned_blocks))
+            self.last_decisions = {"route": routes.detach()}
+        h = self.stem(x)
+        for l, (frozen, tuned) in enumerate(zip(self.frozen_blocks, self.tuned_blocks)):
+            if self.training:
+                mix = routes[:, l].view(-1, *([1] * (h.dim() - 1)))
+                h = (1 - mix) * frozen(h) + mix * tuned(h)
+            else:
+                h = _run_chosen(frozen, tuned, h, routes[:, l])
+        return self.head(Backbone.pool(h)), routes
+
+    def forward(self, x: torch.Tensor, routes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with_routes(x, routes)[0]
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``ce``, and in training ``usage`` and ``global`` when their weights are > 0."""
+        logits, routes = self.forward_with_routes(x)
+        terms = {"ce": F.cross_entropy(logits, y)}
+        if not self.training:
+            return terms
+        v = routes.mean(dim=0)  # fraction of the batch fine-tuning each block
+        if self.usage_weight > 0:
+            terms["usage"] = self.usage_weight * (v - self.usage_target).pow(2).mean()
+        if self.global_weight > 0:
+            vc = v.clamp(1e-4, 1 - 1e-4)
+            entropy = -(vc * vc.log() + (1 - vc) * (1 - vc).log()).sum()
+            terms["global"] = self.global_weight * ((v.sum() - self.global_blocks) ** 2
+                                                    + entropy)
+        return terms
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Stem and fine-tuned blocks, and head, at ``lr``; the policy at ``policy_lr`` with
+        its own weight decay. The frozen copies are in no group (no gradients)."""
+        tuned = list(self.stem.parameters()) + list(self.tuned_blocks.parameters())
+        return [{"params": tuned, "lr": lr, "weight_decay": 0.0},
+                {"params": list(self.head.parameters()), "lr": lr, "weight_decay": 0.0},
+                {"params": list(self.policy.parameters()), "lr": self.policy_lr,
+                 "weight_decay": self.policy_weight_decay}]
+
+    def epoch_record(self, decisions: dict[str, torch.Tensor],
+                     y: torch.Tensor) -> dict[str, Any]:
+        """Per-block usage (fraction of examples fine-tuning it), per class, distinct routes."""
+        route = decisions["route"]
+        num_classes = self.head.out_features
+        sums = torch.zeros(num_classes, route.shape[1]).index_add_(0, y, route.float())
+        by_class = sums / torch.bincount(y, minlength=num_classes).clamp(min=1)[:, None]
+        return {"usage": route.mean(dim=0).tolist(), "usage_by_class": by_class.tolist(),
+                "distinct_routes": len(torch.unique(route, dim=0))}
+
+
+@register("spottune", "SpotTune: a policy routes each image through frozen or fine-tuned "
+          "blocks", paper="arXiv 1811.08737",
+          temperature=Param(1.0, "Gumbel-softmax temperature τ (scales the policy gradient)",
+                            low=1e-3, high=100.0),
+          policy_lr=Param(0.05, "peak learning rate of the policy network", low=1e-6,
+                          high=10.0),
+          policy_weight_decay=Param(0.001, "weight decay of the policy network", low=0.0,
+                                    high=1.0),
+          policy_width=Param(8, "channels of the policy's first convolution", low=1, high=256),
+          policy_size=Param(16, "side of the downsampled image the policy reads", low=4,
+                            high=512),
+          usage_target=Param(0.5, "target fraction t of images fine-tuning each block",
+                             low=0.0, high=1.0),
+          usage_weight=Param(1.0, "λ_u of the usage target (0: plain SpotTune)", low=0.0,
+                             high=100.0),
+          global_weight=Param(0.0, "λ_g of the SpotTune-Global penalty (0: off)", low=0.0,
+                              high=100.0),
+          global_blocks=Param(2, "k, blocks SpotTune-Global fine-tunes", low=0, high=1000),
+          frozen_bn=Param("eval", "BatchNorm of the frozen copies (batch: official code)",
+                          choices=FROZEN_BATCHNORM),
+          sample_at_eval=Param(False, "sample routes at evaluation (official code)"))
+def build_spottune(source: Backbone, num_classes: int, **params: Any) -> SpotTune:
+    return SpotTune(source, num_classes, **params)
