@@ -68,16 +68,23 @@ def _list_methods() -> None:
             print(f"{'':12s}--set {name}={param.default}  {param.help} ({param.allowed()})")
 
 
+# The first word of a library error names a keyword argument; say it as the command line does.
+_FLAGS = {"name": "--target", "shots": "--shots", "epochs": "--epochs", "lr": "--lr",
+          "batch_size": "--batch-size", "seeds": "--seeds"}
+
+
+def _as_flag(err: Exception) -> str:
+    first, _, rest = str(err).partition(" ")
+    return f"{_FLAGS[first]} {rest}" if first in _FLAGS else str(err)
+
+
 def _check(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     """Validate everything before training; raise ValueError naming the argument."""
     spec = get_method(args.method)
     if args.seeds < 1:
-        raise ValueError(f"--seeds must be ≥ 1, got {args.seeds}")
+        raise ValueError(f"seeds must be ≥ 1, got {args.seeds}")
     load_target(args.target, shots=args.shots, seed=0)
-    try:
-        config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
-    except ValueError as err:
-        raise ValueError(f"--{err}".replace("batch_size", "batch-size")) from None
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     params = spec.check(_parse_set(args.set))
     return config, params
 
@@ -91,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, params = _check(args)
     except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        parser.error(_as_flag(err))
     result = run_method(args.method, target=args.target, shots=args.shots, seeds=args.seeds,
                         config=config, params=params, progress=not args.quiet)
     for seed, accuracy in zip(result.seeds, result.accuracies):
