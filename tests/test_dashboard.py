@@ -80,7 +80,7 @@ def test_stop_ends_training_early_without_a_result_row(dash):
     dash._on_epoch = stop_after_first_epoch
     result = dash.run()
     assert result.histories[0].interrupted and len(result.histories[0]) == 1
-    assert dash.results == [] and "stopped early" in dash.status.value
+    assert dash.results == [] and "Stopped early after 1 epoch" in dash.status.value
 
 
 def test_errors_in_the_background_are_shown(dash):

@@ -169,8 +169,12 @@ class Dashboard(widgets.VBox):
             self._show_table()
             if self.view_fn is not None:
                 self.view.outputs = (_figure_output(self.view_fn(result)),)
-        stopped = " (stopped early)" if result.histories[-1].interrupted else ""
-        self.status.value = f"{result.summary()}{stopped}"
+        if result.histories[-1].interrupted:
+            done = sum(len(h) for h in result.histories)
+            self.status.value = (f"Stopped early after {done} epoch(s); the unfinished run is "
+                                 "not added to the table.")
+        else:
+            self.status.value = result.summary()
         return result
 
     def _on_epoch(self, history: History) -> None:
