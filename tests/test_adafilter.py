@@ -72,16 +72,31 @@ def test_gates_are_binary_and_recorded_per_example(source, batch):
                 assert set(g.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_the_lstm_and_its_maps_receive_gradients(source, batch):
-    model = build_method("adafilter", source, 3)
+@pytest.mark.parametrize("gate_input", ["raw", "standardized"])
+def test_the_lstm_and_its_maps_receive_gradients(source, batch, gate_input):
+    model = build_method("adafilter", source, 3, gate_input=gate_input)
     model.train()
     sum(model.loss_terms(*batch).values()).backward()
     gates = model.gates
     for name, p in [("cell.weight_ih", gates.cell.weight_ih), ("cell.weight_hh",
-                    gates.cell.weight_hh), ("embed[0]", gates.embed[0].weight),
-                    ("embed[-1]", gates.embed[-1].weight), ("head of the first step",
+                    gates.cell.weight_hh), ("embed[0]", gates.embed[0][1].weight),
+                    ("embed[-1]", gates.embed[-1][1].weight), ("head of the first step",
                     gates.heads[0][0].weight), ("head of a shortcut", gates.heads[3][1].weight)]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_standardized_gate_input_removes_what_all_images_share(source, batch):
+    model = build_method("adafilter", source, 3, gate_input="standardized").train()
+    pooled = 2 + 3 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    norm, linear = model.gates.embed[0]
+    standardized = norm(pooled)
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardized.var(0, unbiased=False), torch.ones(3), atol=1e-3,
+                               rtol=0)
+    model(batch[0][:1])  # a batch of one trains too (running statistics)
+    model.eval()
+    model(batch[0][:1])
+    assert isinstance(build_method("adafilter", source, 3).gates.embed[0][0], nn.Identity)
 
 
 def test_straight_through_gate_has_the_sigmoid_gradient():
@@ -232,8 +247,9 @@ def test_epoch_record_reports_each_layer(source, batch):
 @pytest.mark.parametrize("name, value, message", [
     ("hidden", 0, "hidden"),
     ("hidden", 2.5, "hidden"),
+    ("gate_input", "normalized", "gate_input must be one of raw, standardized"),
     ("temperature", 0.0, "temperature"),
-    ("estimator", "softmax", "estimator must be one of gumbel, straight-through"),
+    ("estimator", "softmax", "estimator must be one of straight-through, gumbel"),
     ("gate_lr", -0.1, "gate_lr"),
     ("usage_target", 1.5, "usage_target"),
     ("usage_weight", -1.0, "usage_weight"),

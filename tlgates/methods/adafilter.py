@@ -15,23 +15,28 @@ each gated layer, so the decisions of layer ``l`` depend on what the layers befo
 
 .. math::
 
-    s_l = P_l\\,\\mathrm{GAP}(x_l), \\qquad h_l, c_l = \\mathrm{LSTM}(s_l, (h_{l-1}, c_{l-1})),
-    \\qquad G_l = \\mathrm{hard}\\big(\\sigma(Q_l h_l / \\tau)\\big)
+    s_l = P_l\\,\\mathrm{norm}(\\mathrm{GAP}(x_l)), \\qquad
+    h_l, c_l = \\mathrm{LSTM}(s_l, (h_{l-1}, c_{l-1})), \\qquad
+    G_l = \\mathrm{hard}\\big(\\sigma(Q_l h_l / \\tau)\\big)
 
 ``P_l`` (``C_in → hidden``) and ``Q_l`` (``hidden → C_out``) are per-layer linear maps (the
-layers differ in width); the LSTM cell is shared. ``hard`` is the threshold at 0.5 with a
-straight-through gradient (the forward value is exactly 0 or 1, the gradient is the sigmoid's),
-optionally after adding logistic noise (Gumbel-sigmoid). At evaluation the decision is
-deterministic: ``G = [σ(Q_l h_l) > 0.5]``.
+layers differ in width); the LSTM cell is shared; ``norm`` is the identity by default, or a
+per-channel standardisation over the batch (``gate_input="standardized"``). ``hard`` is the
+threshold at 0.5 with a straight-through gradient (the forward value is exactly 0 or 1, the
+gradient is the sigmoid's), optionally after adding logistic noise (Gumbel-sigmoid). At
+evaluation the decision is deterministic: ``G = [σ(Q_l h_l) > 0.5]``.
 
-**What is the paper's and what is ours.** The paper has no public code. The gated convolution,
-the gated batch norm, the LSTM over layers fed with pooled activations, binary per-example
-per-filter gates and the straight-through training are described in its abstract and figures.
-The following are our reconstruction: the linear maps ``P_l``/``Q_l`` and ``s_l ∈ R^hidden``;
-one LSTM step per distinct layer input (a block's projection shortcut reads the block input,
-like ``conv1``, so it shares ``conv1``'s step and has its own ``Q``); the stem convolution gated
-like the others; the temperature ``τ``, the Gumbel-sigmoid option, the optional usage penalty
-``λ·Σ_l (mean(G_l) − ρ)²`` and the gate network's own learning rate.
+**What is the paper's and what is ours.** The paper has no public code; this module is a
+reconstruction from its description. From the paper: frozen ``W_pt`` beside fine-tuned ``W_ft``
+initialised to it; binary gates per example and per output filter; gated batch norm; one LSTM
+shared across layers that reads the previous layer's pooled activations; training through the
+binary gates with a straight-through style estimator. Ours: the linear maps ``P_l``/``Q_l``
+and ``s_l ∈ R^hidden``; the optional standardisation of ``GAP(x_l)`` (``gate_input``); one
+LSTM step per distinct layer input (a block's projection shortcut reads the block input, like
+``conv1``, so it shares ``conv1``'s step with its own ``Q``); the stem convolution and the
+shortcuts gated like the others; the temperature ``τ``, the Gumbel-sigmoid option, the optional
+usage penalty ``λ·mean_l (mean(G_l) − ρ)²``, the gate network's own learning rate and every
+default value.
 
 What is gated: every convolution of the backbone that is followed by a BatchNorm: the stem's,
 ``conv1``/``conv2`` (and ``conv3`` of a Bottleneck) of every residual block and the projection
@@ -40,8 +45,9 @@ The pre-trained path is a :class:`~tlgates.methods.base.Frozen` copy of the whol
 (BatchNorm ``"eval"``: source statistics, or ``"batch"``); the fine-tuned path a trainable copy.
 
 Efficiency: each gated convolution is ONE convolution with both weight sets concatenated along
-the output channels, split afterwards (:class:`_PairedConv2d`); its backward computes the input
-gradient through both halves but the weight gradient only for ``W_ft``.
+the output channels, split afterwards (:func:`paired_conv_bn`); the frozen BN (eval mode) is
+folded into the frozen weights; the backward computes the input gradient through both halves
+but the weight gradient only for ``W_ft`` (:class:`_PairedConv2d`).
 """
 from __future__ import annotations
 
@@ -58,7 +64,8 @@ from tlgates.backbones import Backbone
 from tlgates.methods.base import FROZEN_BATCHNORM, Frozen, Param, TransferModel, \
     frozen_and_trainable, register
 
-ESTIMATORS = ("gumbel", "straight-through")
+ESTIMATORS = ("straight-through", "gumbel")
+GATE_INPUTS = ("raw", "standardized")
 PATHS = ("pretrained", "finetuned")
 
 
@@ -120,8 +127,8 @@ def paired_conv_bn(x: torch.Tensor, conv_ft: nn.Conv2d, bn_ft: nn.BatchNorm2d,
     return bn_ft(y_ft), (y_pt if fold else bn_pt(y_pt))
 
 
-def binary_gate(logits: torch.Tensor, *, temperature: float = 1.0, estimator: str = "gumbel",
-                training: bool = True) -> torch.Tensor:
+def binary_gate(logits: torch.Tensor, *, temperature: float = 1.0,
+                estimator: str = "straight-through", training: bool = True) -> torch.Tensor:
     """``hard(σ(logits/τ))`` ∈ {0, 1} with a straight-through gradient.
 
     In training, ``"gumbel"`` adds logistic noise ``log u − log(1 − u)`` (the difference of two
@@ -149,18 +156,36 @@ class GatedLayer:
     filters: int
 
 
+class Standardize(nn.BatchNorm1d):
+    """Each channel standardised over the batch (``(v − mean) / std``, no learned scale), with
+    running statistics at evaluation and for a batch of one."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=False)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if self.training and v.shape[0] == 1:
+            return F.batch_norm(v, self.running_mean, self.running_var, eps=self.eps)
+        return super().forward(v)
+
+
 class GateLSTM(nn.Module):
-    """The gate network: ``h_l = LSTM(P_l·GAP(x_l), h_{l−1})``, ``logits = Q_{l,k}·h_l``.
+    """The gate network: ``h_l = LSTM(P_l·norm(GAP(x_l)), h_{l−1})``, ``logits = Q_{l,k}·h_l``.
 
     Args:
         in_channels: channels of the input read at each LSTM step.
         out_channels: for each step, the filters of each convolution gated from it.
         hidden: the LSTM's hidden size (also the size of ``s_l``).
+        gate_input: ``"raw"`` (``norm`` is the identity) or ``"standardized"``
+            (:class:`Standardize`: what distinguishes the images in the batch).
     """
 
-    def __init__(self, in_channels: list[int], out_channels: list[list[int]], hidden: int):
+    def __init__(self, in_channels: list[int], out_channels: list[list[int]], hidden: int,
+                 gate_input: str = "raw"):
         super().__init__()
-        self.embed = nn.ModuleList(nn.Linear(c, hidden) for c in in_channels)
+        self.embed = nn.ModuleList(
+            nn.Sequential(Standardize(c) if gate_input == "standardized" else nn.Identity(),
+                          nn.Linear(c, hidden)) for c in in_channels)
         self.cell = nn.LSTMCell(hidden, hidden)
         self.heads = nn.ModuleList(nn.ModuleList(nn.Linear(hidden, c) for c in outs)
                                    for outs in out_channels)
@@ -213,8 +238,11 @@ class AdaFilter(TransferModel):
         source: the pre-trained backbone (copied twice, never modified).
         num_classes: classes of the target task.
         hidden: the LSTM's hidden size.
-        temperature: ``τ`` of ``σ(logits/τ)`` in training (the gradient's sharpness and, with
-            Gumbel noise, how random the sampled decisions are).
+        gate_input: what ``P_l`` reads: ``"raw"`` pooled activations ``GAP(x_l)``, or
+            ``"standardized"``: each channel of ``GAP(x_l)`` standardised over the batch.
+        temperature: ``τ`` of ``σ(logits/τ)`` in training. It shapes only the gradient
+            (``σ'(l/τ)/τ``: large near ``l = 0`` and vanishing away from it for a small ``τ``);
+            the decision ``[logits (+ noise) > 0]`` itself does not depend on it.
         estimator: ``"gumbel"`` (logistic noise, then threshold) or ``"straight-through"``.
         gate_lr: the gate network's own learning rate (peak of the schedule).
         usage_target: ``ρ``, the fraction of fine-tuned filters the usage penalty asks for.
@@ -228,12 +256,15 @@ class AdaFilter(TransferModel):
     """
 
     def __init__(self, source: Backbone, num_classes: int, *, hidden: int = 32,
-                 temperature: float = 1.0, estimator: str = "gumbel", gate_lr: float = 0.05,
-                 usage_target: float = 0.5, usage_weight: float = 0.0,
-                 frozen_bn: str = "eval"):
+                 gate_input: str = "raw", temperature: float = 1.0,
+                 estimator: str = "straight-through", gate_lr: float = 0.05,
+                 usage_target: float = 0.5, usage_weight: float = 0.0, frozen_bn: str = "eval"):
         super().__init__()
         if not (isinstance(hidden, int) and hidden >= 1):
             raise ValueError(f"hidden must be an integer ≥ 1, got {hidden!r}")
+        if gate_input not in GATE_INPUTS:
+            raise ValueError(f"gate_input must be one of {', '.join(GATE_INPUTS)}, "
+                             f"got {gate_input!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if estimator not in ESTIMATORS:
@@ -256,7 +287,7 @@ class AdaFilter(TransferModel):
         self.head = nn.Linear(source.feature_dim, num_classes)
         self.force_path: str | None = None
         self.layers, in_channels, out_channels = self._plan()
-        self.gates = GateLSTM(in_channels, out_channels, hidden)
+        self.gates = GateLSTM(in_channels, out_channels, hidden, gate_input)
 
     # ------------------------------------------------------------------ structure
 
@@ -420,8 +451,11 @@ def filters_that_vary(gates: torch.Tensor) -> torch.Tensor:
 @register("adafilter", "per-example, per-filter choice between pre-trained and "
           "fine-tuned filters, gated by an LSTM over layers", paper="arXiv 1911.09659",
           hidden=Param(32, "LSTM hidden size", low=1, high=1024),
+          gate_input=Param("raw", "what the gate LSTM reads: raw or standardized pooled "
+                           "activations", choices=GATE_INPUTS),
           temperature=Param(1.0, "gate temperature τ of σ(logits/τ)", low=0.01, high=100.0),
-          estimator=Param("gumbel", "gate estimator in training", choices=ESTIMATORS),
+          estimator=Param("straight-through", "gate estimator in training",
+                          choices=ESTIMATORS),
           gate_lr=Param(0.05, "learning rate of the gate network (LSTM, P, Q)", low=0.0,
                         high=10.0),
           usage_target=Param(0.5, "fraction ρ of fine-tuned filters the usage penalty asks for",
