@@ -55,10 +55,24 @@ def test_decisions_are_one_hot_in_training_and_evaluation(source, batch):
         assert ((p > 0) & (p < 1)).all()
 
 
-def test_routes_start_at_probability_one_half(source, batch):
-    model = build_method("spottune", source, 3).eval()
+def test_plain_policy_starts_every_route_at_probability_one_half(source, batch):
+    model = build_method("spottune", source, 3, policy_norm="none").eval()
     model(batch[0])
     torch.testing.assert_close(model.last_decisions["p_finetune"], torch.full((8, 4), 0.5))
+
+
+def test_standardised_policy_splits_every_batch(source, batch):
+    """``m_l = s·(m₀ − μ)/σ + β_l``: batch mean β_l, spread s, both routes taken per block."""
+    model = build_method("spottune", source, 3, policy_scale=4.0).train()
+    with torch.no_grad():
+        model.policy.bias.copy_(torch.tensor([0.0, 1.0, -1.0, 0.5]))
+    alpha = model.policy(batch[0])
+    margin = alpha[..., 1] - alpha[..., 0]
+    torch.testing.assert_close(margin.mean(dim=0), model.policy.bias.detach())
+    torch.testing.assert_close(margin.std(dim=0, unbiased=False), torch.full((4,), 4.0),
+                               atol=1e-3, rtol=0)
+    decisions = margin > 0
+    assert decisions.any(dim=0).all() and (~decisions).any(dim=0).all()
 
 
 def test_frozen_path_is_the_source_network(source, batch):
@@ -155,8 +169,16 @@ def test_policy_network_receives_gradients(source, batch):
     model = build_method("spottune", source, 3, usage_weight=0.0).train()
     torch.manual_seed(0)
     sum(model.loss_terms(*batch).values()).backward()
+    for name, p in model.policy.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_plain_policy_receives_gradients(source, batch):
+    model = build_method("spottune", source, 3, usage_weight=0.0, policy_norm="none").train()
+    torch.manual_seed(0)
+    sum(model.loss_terms(*batch).values()).backward()
     # the last layer starts at zero, so the gradient reaches it first ...
-    assert model.policy.logits.weight.grad.abs().sum() > 0
+    assert model.policy.margin.weight.grad.abs().sum() > 0
     one_step(model, *batch)
     model.zero_grad()
     sum(model.loss_terms(*batch).values()).backward()
@@ -174,7 +196,8 @@ def test_evaluation_is_deterministic_unless_sampling_is_asked_for(source, batch)
     alpha = model.policy(batch[0])
     expected = (alpha[..., 1] > alpha[..., 0]).float()
     assert torch.equal(first.decisions["route"], expected)
-    sampling = build_method("spottune", source, 3, sample_at_eval=True).eval()
+    sampling = build_method("spottune", source, 3, sample_at_eval=True,
+                            policy_norm="none").eval()
     routes = []
     for _ in range(5):
         sampling(batch[0])
@@ -185,12 +208,13 @@ def test_evaluation_is_deterministic_unless_sampling_is_asked_for(source, batch)
 def test_temperature_changes_the_gradient_not_the_sampled_route(source, batch):
     grads, routes = [], []
     for tau in (1.0, 5.0):
+        torch.manual_seed(0)
         model = build_method("spottune", source, 3, temperature=tau, usage_weight=0.0).train()
         torch.manual_seed(7)
         terms = model.loss_terms(*batch)
         routes.append(model.last_decisions["route"])
         terms["ce"].backward()
-        grads.append(model.policy.logits.bias.grad.clone())
+        grads.append(model.policy.bias.grad.clone())
     assert torch.equal(routes[0], routes[1])
     assert not torch.allclose(grads[0], grads[1])
 
@@ -210,11 +234,8 @@ def test_usage_target_term(source, batch):
 def _sure_policy(model, fine_tuned_blocks):
     """Make the policy fine-tune exactly ``fine_tuned_blocks`` for every image."""
     with torch.no_grad():
-        bias = model.policy.logits.bias.view(-1, 2)
-        bias.zero_()
-        bias[:, 0] = 50.0
-        for l in fine_tuned_blocks:
-            bias[l] = torch.tensor([0.0, 50.0])
+        model.policy.bias.fill_(-50.0)  # far beyond the standardised spread s·|z|
+        model.policy.bias[fine_tuned_blocks] = 50.0
 
 
 def test_spottune_global_penalty_rewards_the_same_k_blocks_for_all(source, batch):
@@ -227,7 +248,7 @@ def test_spottune_global_penalty_rewards_the_same_k_blocks_for_all(source, batch
                                atol=0.01, rtol=0)
     # half the batch fine-tunes block 0: entropy log 2 for disagreeing examples
     with torch.no_grad():
-        model.policy.logits.bias.zero_()
+        model.policy.bias.zero_()
     torch.manual_seed(0)
     terms = model.loss_terms(*batch)
     v = model.last_decisions["route"].mean(dim=0)
@@ -237,9 +258,10 @@ def test_spottune_global_penalty_rewards_the_same_k_blocks_for_all(source, batch
 
 
 def test_param_groups(source):
-    model = build_method("spottune", source, 3, policy_lr=0.02, policy_weight_decay=0.003)
-    groups = model.param_groups(0.05)
-    assert [g["lr"] for g in groups] == [0.05, 0.05, 0.02]
+    model = build_method("spottune", source, 3, policy_lr=0.02, policy_weight_decay=0.003,
+                         lr_scale=0.5)
+    groups = model.param_groups(0.06)
+    assert [g["lr"] for g in groups] == [0.03, 0.03, 0.02]
     assert groups[2]["weight_decay"] == 0.003
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in model.policy.parameters()}
     grouped = [id(p) for g in groups for p in g["params"]]
@@ -284,6 +306,8 @@ def test_source_is_never_modified(source, batch):
     ("frozen_bn", "train", "frozen_bn must be one of eval, batch"),
     ("sample_at_eval", "maybe", "sample_at_eval"),
     ("policy_width", 2.5, "policy_width"),
+    ("policy_norm", "layer", "policy_norm must be one of batch, none"),
+    ("lr_scale", 2.0, "lr_scale"),
 ])
 def test_bad_hyperparameters_raise_clear_errors(source, name, value, message):
     with pytest.raises(ValueError, match=message):
