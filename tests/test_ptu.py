@@ -289,6 +289,26 @@ def test_recurrent_unit_on_variable_length_input_matches_each_sequence_alone(
     torch.testing.assert_close(unit(noisy, lengths)[0], h)
 
 
+def test_recurrent_unit_follows_its_equations(rnn_source, small_images):
+    """h = z·h_s + r·h_t and c = (z·c_s + r·c_t) / (z + r), with z, r from [h_s; h_t]."""
+    unit = _trained_unit(rnn_source, small_images)
+    nn.init.normal_(unit.gate.proj.weight, std=0.5)  # z + r far from 1
+    x, _ = _padded()
+    h_out, z_out, r_out = unit(x)
+    cell_s, cell_t, u = rnn_source.lstm, unit.target, unit.gate.proj
+    h = c = torch.zeros(4, 6)
+    for step in range(7):
+        h_s, c_s = lstm_cell(cell_s)(x[:, step], (h, c))
+        h_t, c_t = cell_t(x[:, step], (h, c))
+        gates = torch.sigmoid(torch.cat([h_s, h_t], 1) @ u.weight.T + u.bias)
+        z, r = gates[:, :6], gates[:, 6:]
+        torch.testing.assert_close(z_out[:, step], z)
+        torch.testing.assert_close(r_out[:, step], r)
+        h, c = z * h_s + r * h_t, (z * c_s + r * c_t) / (z + r)
+    torch.testing.assert_close(h_out, h)
+    assert ((z_out + r_out - 1).abs() > 0.05).any()
+
+
 def test_recurrent_forced_share_equals_the_source_lstm(rnn_source, small_images):
     unit = _trained_unit(rnn_source, small_images)
     x, lengths = _padded()

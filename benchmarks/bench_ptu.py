@@ -1,0 +1,109 @@
+"""Training-step time of PTU (arXiv 1804.08613) against plain fine-tuning, in one run.
+
+The models are timed in turns on the same batch (``tlgates.benchmark.step_times``), so a busy
+machine slows them alike. PTU runs every layer twice: the frozen source copy (forward, and the
+backward pass for its *input* only, since the layers before it train) and the trainable copy
+(forward and full backward), plus the gates. Rows that show where the time goes:
+
+- ``share (linear probe)``: the frozen network alone, no backward through it;
+- ``PTU, constant gates``: both paths and the mix, the gate layers skipped;
+- ``ptu``: everything. Target: at most 2.2× a fine-tuning step.
+
+The recurrent form is timed against its own fine-tuning (the row LSTM trained as a whole, in
+PyTorch's fused LSTM kernel) and against the same LSTM run as a Python loop over time steps of
+an ``nn.LSTMCell``, which is how PTU has to run it (the gates act between steps).
+
+    python benchmarks/bench_ptu.py                    # tiny ResNet, 32×32, batch 16 (CPU)
+    python benchmarks/bench_ptu.py --arch resnet18 --size 224 --batch-size 64 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from tlgates.backbones import TORCHVISION_ARCHS, tiny_resnet, torchvision_resnet
+from tlgates.benchmark import step_times
+from tlgates.methods import TransferModel, build_method
+from tlgates.methods.ptu import RowLSTM, lstm_cell
+
+TARGET_RATIO = 2.2
+
+
+class CellLoopLSTM(TransferModel):
+    """Fine-tuning of the row LSTM, written as a loop over an ``nn.LSTMCell`` (no fused
+    kernel): the per-step cost PTU's recurrent form also pays."""
+
+    def __init__(self, encoder: RowLSTM, num_classes: int):
+        super().__init__()
+        self.cell = lstm_cell(encoder.lstm).requires_grad_(True)
+        self.head = nn.Linear(encoder.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = RowLSTM.rows(x)
+        h = c = seq.new_zeros(len(seq), self.cell.hidden_size)
+        for step in range(seq.shape[1]):
+            h, c = self.cell(seq[:, step], (h, c))
+        return self.head(h)
+
+
+def constant_gates(model: TransferModel) -> TransferModel:
+    """The same PTU model with every gate replaced by the constant (0.5, 0.5)."""
+    for unit in model.units:
+        unit.gate.forward = lambda s, t: (torch.full_like(s, 0.5), torch.full_like(t, 0.5))
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="tiny", choices=("tiny",) + TORCHVISION_ARCHS)
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--hidden", type=int, default=64, help="row LSTM hidden units")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    source = (tiny_resnet() if args.arch == "tiny" else torchvision_resnet(args.arch)).eval()
+    k = args.classes
+    cnn = {"finetune": build_method("finetune", source, k),
+           "share (linear probe)": build_method("linear", source, k),
+           "PTU, constant gates": constant_gates(build_method("ptu", source, k)),
+           "ptu": build_method("ptu", source, k)}
+    encoder = RowLSTM(3 * args.size, args.hidden).eval()
+    rnn = {"finetune": build_method("ptu-rnn", encoder, k, transfer="finetune"),
+           "finetune, LSTMCell loop": CellLoopLSTM(encoder, k),
+           "ptu-rnn": build_method("ptu-rnn", encoder, k)}
+    x = torch.rand(args.batch_size, 3, args.size, args.size, device=device)
+    y = torch.randint(0, k, (args.batch_size,), device=device)
+    where = (f"{args.size}×{args.size}, batch {args.batch_size}, {device}"
+             + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
+    tables = {}
+    for label, models in ((f"CNN ({args.arch})", cnn), (f"RNN (row LSTM, {args.hidden} "
+                                                          "hidden units)", rnn)):
+        for model in models.values():
+            model.to(device)
+        tables[label] = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
+        print(f"{label}: training step, median over {args.rounds} interleaved rounds "
+              f"({where}):")
+        print(tables[label].to_string(), end="\n\n")
+    ratio = tables[f"CNN ({args.arch})"].loc["ptu", "ratio to finetune"]
+    verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
+    print(f"PTU (CNN) costs {ratio:.2f}× a fine-tuning step: {verdict} the {TARGET_RATIO}× "
+          "target.")
+    rnn_table = next(t for name, t in tables.items() if name.startswith("RNN"))
+    loop = rnn_table.loc["ptu-rnn", "ms per step"] / rnn_table.loc[
+        "finetune, LSTMCell loop", "ms per step"]
+    print(f"PTU (RNN) costs {rnn_table.loc['ptu-rnn', 'ratio to finetune']:.2f}× fine-tuning "
+          f"with the fused LSTM kernel, {loop:.2f}× fine-tuning written as the same cell loop.")
+
+
+if __name__ == "__main__":
+    main()
