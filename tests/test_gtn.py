@@ -9,6 +9,15 @@ from tlgates.methods.gtn import ABLATION, FeatureGate, GatedTransferNetwork
 from tlgates.train import TrainConfig, fit
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast, and far faster on a loaded, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def source():
     torch.manual_seed(0)
