@@ -28,8 +28,9 @@ attention (the ablation, method ``fml2``).
 
 Choices where the paper is silent or where we differ from the official code:
 
-- Ω is a *mean* over the batch. The official code sums over the batch and halves
-  (``0.5·Σ_b``), so its α grows with the batch size: ``α_ours = α_official · B / 2``.
+- Ω is a *mean* over the batch, like the cross-entropy it is added to, so that α does not
+  depend on the batch size. The official code sums over the batch and halves (``0.5·Σ_b``), so
+  its α acts B/2 times more strongly: ``α_ours = α_official · B / 2``.
 - The channel whose importance is measured is zeroed in the stage output, the very feature map
   that Ω compares (the official code zeroes the filter of a named convolution instead).
 - The head for the attention is an L2-regularised logistic regression on the pooled source
@@ -129,8 +130,10 @@ class FeatureMapRegularization(nn.Module):
                   target_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(B, L)``: ``Σ_c w_{l,c} ‖FM^t_{l,c} − sg(FM^s_{l,c})‖² / (H_l W_l)`` per example."""
         self._check(source_maps, target_maps)
-        per_layer = [(t - s.detach()).pow(2).mean(dim=(2, 3)) @ w
-                     for s, t, w in zip(source_maps, target_maps, self.channel_weights)]
+        per_layer = []
+        for s, t, w in zip(source_maps, target_maps, self.channel_weights):
+            diff = t - s.detach()
+            per_layer.append((diff * diff).mean(dim=(2, 3)) @ w)  # d·d: faster than d²
         return torch.stack(per_layer, dim=1)
 
     def forward(self, source_maps: Sequence[torch.Tensor],
@@ -229,7 +232,7 @@ def fit_probe(features: torch.Tensor, y: torch.Tensor, num_classes: int, *,
 def channel_loss_rises(backbone: Backbone, head: nn.Module, train: Dataset,
                        blocks: Sequence[int], *, batch_size: int = 256,
                        max_examples: int | None = None,
-                       chunk_elements: int = 2 ** 24) -> tuple[list[torch.Tensor], float]:
+                       chunk_elements: int = 2 ** 20) -> tuple[list[torch.Tensor], float]:
     """Mean rise of ``CE(head(backbone(x)), y)`` when one channel of a stage output is zeroed.
 
     The fast recipe: one pass keeps the output of every block in ``blocks``; for block ``b``,
@@ -501,10 +504,15 @@ class DELTA(FineTune):
 
     @torch.no_grad()
     def distances(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, L)``: each example's weighted distance to the source, per regularised layer
-        (in the model's current mode; Ω is their sum over layers, averaged over examples)."""
-        maps = stage_maps(self.backbone, x, self.blocks)
-        return self.regularizer.distances(self.source_maps(x), maps)
+        """``(B, L)``: each example's weighted distance to the source, per regularised layer,
+        both networks in eval mode (Ω is their sum over layers, averaged over examples)."""
+        was_training = self.training
+        self.eval()
+        try:
+            maps = stage_maps(self.backbone, x, self.blocks)
+            return self.regularizer.distances(self.source_maps(x), maps)
+        finally:
+            self.train(was_training)
 
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """``ce``, ``delta = α·Ω`` (when α > 0) and ``head_l2 = β/2·‖W_head‖²``."""
@@ -533,7 +541,8 @@ class DELTA(FineTune):
         return {"omega": sum(layers), "omega_layers": layers}
 
 
-_ALPHA = Param(0.1, "strength α of the feature-map term α·Ω", low=0.0, high=100.0)
+_ALPHA = Param(0.01, "strength α of the feature-map term α·Ω (Ω a mean over the batch)",
+               low=0.0, high=100.0)
 _BETA = Param(0.01, "strength β of β/2·‖W_head‖²", low=0.0, high=100.0)
 _SOURCE_BN = Param("batch", "BatchNorm of the frozen source copy in training: batch "
                    "statistics like the target's, or the source's (eval)",
