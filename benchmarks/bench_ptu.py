@@ -26,7 +26,7 @@ from torch import nn
 from tlgates.backbones import TORCHVISION_ARCHS, tiny_resnet, torchvision_resnet
 from tlgates.benchmark import step_times
 from tlgates.methods import TransferModel, build_method
-from tlgates.methods.ptu import RowLSTM, lstm_cell
+from tlgates.methods.ptu import RowLSTM, forced_gates, lstm_cell
 
 TARGET_RATIO = 2.2
 
@@ -48,13 +48,6 @@ class CellLoopLSTM(TransferModel):
         return self.head(h)
 
 
-def constant_gates(model: TransferModel) -> TransferModel:
-    """The same PTU model with every gate replaced by the constant (0.5, 0.5)."""
-    for unit in model.units:
-        unit.gate.forward = lambda s, t: (torch.full_like(s, 0.5), torch.full_like(t, 0.5))
-    return model
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="tiny", choices=("tiny",) + TORCHVISION_ARCHS)
@@ -73,9 +66,10 @@ def main() -> None:
     device = torch.device(args.device)
     source = (tiny_resnet() if args.arch == "tiny" else torchvision_resnet(args.arch)).eval()
     k = args.classes
+    constant = build_method("ptu", source, k)
     cnn = {"finetune": build_method("finetune", source, k),
            "share (linear probe)": build_method("linear", source, k),
-           "PTU, constant gates": constant_gates(build_method("ptu", source, k)),
+           "PTU, constant gates": constant,
            "ptu": build_method("ptu", source, k)}
     encoder = RowLSTM(3 * args.size, args.hidden).eval()
     rnn = {"finetune": build_method("ptu-rnn", encoder, k, transfer="finetune"),
@@ -85,20 +79,21 @@ def main() -> None:
     y = torch.randint(0, k, (args.batch_size,), device=device)
     where = (f"{args.size}×{args.size}, batch {args.batch_size}, {device}"
              + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
+    cnn_label, rnn_label = f"CNN ({args.arch})", f"RNN (row LSTM, {args.hidden} hidden units)"
     tables = {}
-    for label, models in ((f"CNN ({args.arch})", cnn), (f"RNN (row LSTM, {args.hidden} "
-                                                          "hidden units)", rnn)):
+    for label, models in ((cnn_label, cnn), (rnn_label, rnn)):
         for model in models.values():
             model.to(device)
-        tables[label] = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
+        with forced_gates(constant, 0.5, 0.5):  # the gate layers are skipped
+            tables[label] = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
         print(f"{label}: training step, median over {args.rounds} interleaved rounds "
               f"({where}):")
         print(tables[label].to_string(), end="\n\n")
-    ratio = tables[f"CNN ({args.arch})"].loc["ptu", "ratio to finetune"]
+    ratio = tables[cnn_label].loc["ptu", "ratio to finetune"]
     verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
     print(f"PTU (CNN) costs {ratio:.2f}× a fine-tuning step: {verdict} the {TARGET_RATIO}× "
           "target.")
-    rnn_table = next(t for name, t in tables.items() if name.startswith("RNN"))
+    rnn_table = tables[rnn_label]
     loop = rnn_table.loc["ptu-rnn", "ms per step"] / rnn_table.loc[
         "finetune, LSTMCell loop", "ms per step"]
     print(f"PTU (RNN) costs {rnn_table.loc['ptu-rnn', 'ratio to finetune']:.2f}× fine-tuning "

@@ -11,7 +11,7 @@ from tlgates.methods import build_method, get_method
 from tlgates.methods import ptu as ptu_module
 from tlgates.methods.ptu import (
     ConvPTU, PTUGate, PTULSTM, PTUNetwork, RecurrentClassifier, RecurrentPTU, RNNSource,
-    RNNSourceConfig, RowLSTM, lstm_cell, rnn_source_model,
+    RNNSourceConfig, RowLSTM, forced_gates, lstm_cell, rnn_source_model,
 )
 from tlgates.train import TrainConfig, fit
 
@@ -50,12 +50,6 @@ def train_steps(model, x, y, steps=3, lr=0.1):
         loss.backward()
         opt.step()
     model.eval()
-
-
-def force_gates(gates, z, r):
-    """Replace every gate's output by the constants (z, r)."""
-    for gate in gates:
-        gate.forward = lambda s, t, z=z, r=r: (torch.full_like(s, z), torch.full_like(t, r))
 
 
 def target_network(model: PTUNetwork) -> Backbone:
@@ -126,25 +120,27 @@ def test_unit_output_is_z_times_source_plus_r_times_target(source, batch):
 def test_forced_share_equals_the_source_network(source, batch):
     model = build_method("ptu", source, 3)
     train_steps(model, *batch)  # the target copies now differ from the source
-    force_gates([u.gate for u in model.units], 1.0, 0.0)
-    torch.testing.assert_close(model(batch[0]), model.head(source(batch[0])))
+    with forced_gates(model, 1.0, 0.0):
+        torch.testing.assert_close(model(batch[0]), model.head(source(batch[0])))
+        assert (model.last_decisions["z"] == 1).all() and (model.last_decisions["r"] == 0).all()
     assert not torch.allclose(target_network(model)(batch[0]), source(batch[0]), atol=1e-3)
+    assert not torch.allclose(model(batch[0]), model.head(source(batch[0])))  # restored
 
 
 def test_forced_finetune_equals_the_target_copy(source, batch):
     model = build_method("ptu", source, 3)
     train_steps(model, *batch)
-    force_gates([u.gate for u in model.units], 0.0, 1.0)
-    torch.testing.assert_close(model(batch[0]), model.head(target_network(model)(batch[0])))
+    with forced_gates(model, 0.0, 1.0):
+        torch.testing.assert_close(model(batch[0]), model.head(target_network(model)(batch[0])))
 
 
 def test_forced_gates_in_training_mode_use_the_target_batch_statistics(source, batch):
     """(0, 1) in training mode equals the target copy trained as an ordinary network."""
     model = build_method("ptu", source, 3)
-    force_gates([u.gate for u in model.units], 0.0, 1.0)
     model.train()
     plain = target_network(model)
-    torch.testing.assert_close(model(batch[0]), model.head(plain(batch[0])))
+    with forced_gates(model, 0.0, 1.0):
+        torch.testing.assert_close(model(batch[0]), model.head(plain(batch[0])))
 
 
 def test_source_layers_never_change_and_get_no_gradients(source, batch):
@@ -186,7 +182,9 @@ def test_param_groups_cover_every_trainable_parameter_once(source):
     ids = [id(p) for g in groups for p in g["params"]]
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert len(ids) == len(set(ids)) and set(ids) == trainable
-    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.2, 0.02])
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.02, 0.2, 0.02])
+    biases = {id(u.gate.proj.bias) for u in model.units}
+    assert {id(p) for p in groups[2]["params"]} == biases  # only the biases get the scale
     frozen = {id(p) for u in model.units for p in u.source.parameters()}
     assert not frozen & trainable
 
@@ -313,8 +311,9 @@ def test_recurrent_forced_share_equals_the_source_lstm(rnn_source, small_images)
     unit = _trained_unit(rnn_source, small_images)
     x, lengths = _padded()
     assert not torch.allclose(unit(x, lengths)[0], _last_state_of(rnn_source.lstm, x, lengths))
-    force_gates([unit.gate], 1.0, 0.0)
-    torch.testing.assert_close(unit(x, lengths)[0], _last_state_of(rnn_source.lstm, x, lengths))
+    with forced_gates(unit, 1.0, 0.0):
+        torch.testing.assert_close(unit(x, lengths)[0],
+                                   _last_state_of(rnn_source.lstm, x, lengths))
 
 
 def test_recurrent_forced_finetune_equals_the_target_lstm(rnn_source, small_images):
@@ -323,8 +322,8 @@ def test_recurrent_forced_finetune_equals_the_target_lstm(rnn_source, small_imag
     x, lengths = _padded()
     assert not torch.allclose(_last_state_of(target, x, lengths),
                               _last_state_of(rnn_source.lstm, x, lengths), atol=1e-3)
-    force_gates([unit.gate], 0.0, 1.0)
-    torch.testing.assert_close(unit(x, lengths)[0], _last_state_of(target, x, lengths))
+    with forced_gates(unit, 0.0, 1.0):
+        torch.testing.assert_close(unit(x, lengths)[0], _last_state_of(target, x, lengths))
 
 
 def test_recurrent_ptu_starts_as_the_source_and_its_corners_are_the_baselines(
@@ -367,7 +366,8 @@ def test_recurrent_param_groups(rnn_source):
     ids = [id(p) for g in groups for p in g["params"]]
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
     assert len(ids) == len(set(ids))
-    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.5, 0.1])
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.1, 0.5, 0.1])
+    assert groups[2]["params"] == [model.unit.gate.proj.bias]
 
 
 def test_ptu_rnn_with_a_cnn_source_uses_the_glyph_pretrained_lstm(source, rnn_source,
@@ -436,6 +436,12 @@ def test_direct_construction_errors(source, rnn_source):
         RecurrentPTU(rnn_source, 3, gate_lr_scale=-1.0)
     with pytest.raises(ValueError, match="output channels"):
         PTUNetwork(Backbone(nn.ReLU(), [nn.Conv2d(3, 4, 1)], [4], [0]), 3)
+    with pytest.raises(ValueError, match="no PTU gates"):
+        with forced_gates(source, 1.0, 0.0):
+            pass
+    with pytest.raises(ValueError, match="forced gates must lie in"):
+        with forced_gates(PTUNetwork(source, 3), 1.5, 0.0):
+            pass
     unit = PTULSTM(rnn_source.lstm)
     with pytest.raises(ValueError, match=r"lengths must hold 2 values in \[1, 5\]"):
         unit(torch.rand(2, 5, 24), torch.tensor([6, 2]))
