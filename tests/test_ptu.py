@@ -454,3 +454,52 @@ def test_command_line_strings_parse():
     assert values["z_init"] == 0.9 and values["batchnorm"] == "batch"
     assert get_method("ptu-rnn").check({"transfer": "share"})["transfer"] == "share"
     assert math.isclose(get_method("ptu").defaults()["z_init"], 0.5)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def test_plots_draw_the_gates_of_both_forms(source, rnn_source, batch, small_images):
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from tlgates.plotting import ptu as plots
+
+    data = TensorDataset(*batch)
+    model = build_method("ptu", source, 3)
+    frame = fit(model, data, data, TrainConfig(epochs=2, batch_size=4), device="cpu",
+                progress=False).frame()
+    model(batch[0])
+    z, r = model.last_decisions["z"], model.last_decisions["r"]
+    names, channels = model.layer_names, model.layer_channels
+    zc, rc = plots.channel_means(z), plots.channel_means(r)
+    table = plots.layer_table(zc, rc, names, channels)
+    assert list(table.index) == names
+    near = table[[c for c in table.columns if c.startswith("near")]].sum(axis=1)
+    assert near.to_numpy() == pytest.approx(1.0)
+    rnn = build_method("ptu-rnn", rnn_source, 3).eval()
+    rnn(small_images[0])
+    rz, rr = rnn.last_decisions["z"], rnn.last_decisions["r"]
+    results = pd.DataFrame({"network": ["CNN", "CNN", "RNN", "RNN"], "seed": [0, 1, 0, 1],
+                            "strategy": ["PTU", "PTU", "sharing", "sharing"],
+                            "accuracy": [0.8, 0.7, 0.6, 0.65]})
+    figures = [
+        plots.plot_ptu_idea(),
+        plots.plot_gate_plane(zc, rc, names, channels, z_init=0.5),
+        plots.plot_gate_plane_epoch(frame, 2, names, channels, z_init=0.5),
+        plots.plot_layer_gates(zc, rc, names, channels),
+        plots.plot_layer_gates_over_epochs(frame, names, channels),
+        plots.plot_class_gates(z, r, batch[1], names, channels),
+        plots.plot_class_gates(rz, rr, small_images[1], rnn.layer_names, rnn.layer_channels),
+        plots.plot_gates_over_time(rz, rr),
+        plots.plot_rnn_example(small_images[0][0], rz[0], rr[0], label="3"),
+        plots.plot_transfer_results(results),
+    ]
+    for fig in figures:
+        assert isinstance(fig, Figure)
+        assert all(ax.get_title() or not ax.axison for ax in fig.axes if ax.get_label() !=
+                   "<colorbar>")
+    with pytest.raises(ValueError, match="expected 64 channels"):
+        plots.split_layers(zc[:-1], channels)
+    with pytest.raises(ValueError, match=r"epoch must be in \[1, 2\]"):
+        plots.plot_gate_plane_epoch(frame, 3, names, channels)

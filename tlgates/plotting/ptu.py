@@ -67,7 +67,9 @@ def draw_gate_plane(ax: Axes, *, labels: bool = True) -> None:
         ax.scatter([z], [r], marker="s", s=30, color="black", zorder=4)
         ax.annotate(name, (z, r), xytext=(-4 if z else 4, -10 if r else 6),
                     textcoords="offset points", ha="right" if z else "left", fontsize=8,
-                    fontweight="bold")
+                    fontweight="bold", zorder=6,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.8})
 
 
 def plot_ptu_idea(z_inits: Sequence[float] = (0.1, 0.5, 0.9)) -> Figure:
@@ -111,7 +113,7 @@ def plot_gate_plane(z: Sequence[float] | np.ndarray, r: Sequence[float] | np.nda
     for i, (ax, name, color) in enumerate(zip(axes, layer_names, _layer_colors(n))):
         draw_gate_plane(ax, labels=True)
         if z_paths[i] is not None and len(z_paths[i]) > 1:
-            ax.plot(z_paths[i], r_paths[i], color=color, alpha=0.25, lw=0.7, zorder=2)
+            ax.plot(z_paths[i], r_paths[i], color=color, alpha=0.15, lw=0.6, zorder=2)
         if z_init is not None:
             ax.scatter([z_init], [1 - z_init], marker="*", s=90, color="tab:orange",
                        zorder=5)
@@ -191,8 +193,9 @@ def plot_layer_gates(z: Sequence[float] | np.ndarray, r: Sequence[float] | np.nd
             ax_bars.scatter(x[i] + offset + rng.uniform(-0.1, 0.1, len(v)), v, s=4,
                             color=color, zorder=3)
     ax_bars.set_xticks(x, layer_names, rotation=30 if n > 6 else 0)
-    ax_bars.set(ylim=(0, 1.02), ylabel="gate value", title="How much each layer shares / adapts")
-    ax_bars.legend(fontsize=8)
+    ax_bars.set(ylim=(0, 1.18), ylabel="gate value", title="How much each layer shares / adapts")
+    ax_bars.set_yticks([0, 0.25, 0.5, 0.75, 1])
+    ax_bars.legend(fontsize=8, loc="upper center", ncol=2)
     diffs = [a - b for a, b in zip(zs, rs)]
     ax_diff.fill_between(x, [np.quantile(d, 0.1) for d in diffs],
                          [np.quantile(d, 0.9) for d in diffs], alpha=0.25, color="tab:purple",
@@ -309,6 +312,25 @@ def plot_rnn_example(image: torch.Tensor, z: torch.Tensor, r: torch.Tensor, *,
     ax_rows.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_transfer_results(frame: pd.DataFrame, *, title: str = "") -> Figure:
+    """Test accuracy per network and transfer strategy: bars (mean ± std over seeds) and one
+    dot per seed. ``frame`` has columns ``network``, ``strategy`` and ``accuracy`` (0–1)."""
+    data = frame.assign(accuracy=100 * frame["accuracy"])
+    fig = Figure(figsize=(6.5, 3.4))
+    ax = fig.subplots()
+    sns.barplot(data=data, x="network", y="accuracy", hue="strategy", errorbar="sd",
+                capsize=0.15, alpha=0.7, ax=ax)
+    sns.stripplot(data=data, x="network", y="accuracy", hue="strategy", dodge=True,
+                  palette="dark:black", size=3.5, legend=False, ax=ax)
+    low = float(np.floor(data["accuracy"].min() / 10) * 10)
+    ax.set(ylim=(max(0.0, low - 10), 100), xlabel="", ylabel="test accuracy (%)",
+           title=title or f"Test accuracy (mean ± std over {data['seed'].nunique()} seeds; "
+                          "dots: seeds)")
+    ax.legend(title="", fontsize=8, loc="upper right", ncol=3)
     fig.tight_layout()
     return fig
 
