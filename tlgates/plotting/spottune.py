@@ -21,6 +21,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch
 
+from tlgates.plotting import plot_history
 from tlgates.train import Evaluation, evaluate
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def draw_route(ax: Axes, route: Sequence[float], p_finetune: Sequence[float] | N
     copy coloured, and the path from the stem to the head through them."""
     num_blocks = len(route)
     ax.set_xlim(-0.9, num_blocks + 0.2)
-    ax.set_ylim(-0.9, 1.9)
+    ax.set_ylim(-0.6 if p_finetune is not None else -0.15, 1.9)
     ax.set_axis_off()
     xs, ys = [-0.6], [0.5]
     for l, used in enumerate(route):
@@ -264,8 +265,11 @@ def plot_example(evaluation: Evaluation, images: torch.Tensor, index: int,
 
 def plot_spottune_run(result: RunResult) -> Figure:
     """Dashboard view of a finished ``spottune`` run (last seed): the routing matrix on the test
-    split, usage per block, and usage per block during training."""
+    split, usage per block, and usage per block during training. For a method without routes
+    (fine-tuning, for comparison) it shows the training curves."""
     evaluation = evaluate(result.model, result.task.test)
+    if "route" not in evaluation.decisions:
+        return plot_history(result.histories, [f"seed {s}" for s in result.seeds])
     routes, y = evaluation.decisions["route"], evaluation.y
     distinct = len(torch.unique(routes, dim=0))
     fig = Figure(figsize=(11, 5.6))
