@@ -151,6 +151,10 @@ def test_digit_split_indices_partition_the_data() -> None:
     assert len(everything) == 1797 and len(np.unique(everything)) == 1797
     labels = data._digit_images()[1]
     assert np.bincount(labels[pool]).min() == DIGIT_POOL_MIN
+    # the same split in every process and release (published numbers depend on it)
+    assert test[:8].tolist() == [5, 7, 8, 10, 16, 23, 28, 31]
+    assert val[:8].tolist() == [14, 18, 29, 53, 54, 57, 73, 135]
+    assert (int(test.sum()), int(val.sum())) == (450450, 180811)
 
 
 def test_digits_are_framed_and_centred() -> None:
@@ -175,11 +179,13 @@ def test_digits_photo_is_the_digits_on_photos() -> None:
     data._photo_digit_images.cache_clear()
     rebuilt = load_target("digits-photo", shots=3, seed=2).test.tensors[0]
     assert torch.equal(rebuilt, X)  # the same photo and crop for each image, every time
-    # the digit stays visible: per image, the colour under the ink differs from the rest
+    # the digit stays visible, brighter than the photo behind it (white ink, as the glyphs)
     digit = plain.test.tensors[0][:, 0]
-    contrast = torch.stack([(x[:, d > 0.5].mean(1) - x[:, d == 0].mean(1)).abs().max()
+    contrast = torch.stack([x[:, d > 0.5].mean() - x[:, d == 0].mean()
                             for x, d in zip(X, digit)])
-    assert contrast.mean() > 0.3 and (contrast < 0.1).float().mean() < 0.05
+    assert contrast.min() > 0.2 and contrast.mean() > 0.4
+    ink = digit > 0.99
+    assert (X.permute(1, 0, 2, 3)[:, ink] > 0.99).all()
 
 
 @pytest.mark.parametrize("name", TARGETS)

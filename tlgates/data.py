@@ -7,8 +7,8 @@
   fixed validation split and a fixed test split) from
 
   - ``"digits"``: scikit-learn's bundled handwritten digits (1,797 real 8×8 images);
-  - ``"digits-photo"``: the same digits composited onto crops of the two photographs that
-    scikit-learn ships, in the manner of MNIST-M (a target with a domain shift);
+  - ``"digits-photo"``: the same digits, in white over dimmed crops of the two photographs
+    that scikit-learn ships, in the manner of MNIST-M (a target with a domain shift);
   - a torchvision data set that is on disk (``"cifar10"``, ``"svhn"``, ...), or one you let
     it download with ``download=True``;
   - ``"folder:PATH"``: an image folder in torchvision's ``ImageFolder`` layout.
@@ -56,7 +56,11 @@ _DIGIT_NAMES = ("zero", "one", "two", "three", "four",
 # --- target tasks ----------------------------------------------------------------------------
 _SPLIT_SEED = 1797  # fixed: the val and test splits never depend on the caller's seed
 _DIGITS_TEST, _DIGITS_VAL = 50, 20  # per class
-_DIGIT_SIZE = 24  # the 8×8 digit is upsampled to 24×24 and padded to 32×32 (glyph framing)
+# The 8×8 digit is upsampled to 24×24 and padded to 32×32, near the glyphs' scale. Measured
+# (glyph model, 5 shots, 3 seeds; linear probe / fine-tuning): 20 px 78% / 79%, 24 px 73% / 83%,
+# 28 px 65% / 82%.
+_DIGIT_SIZE = 24
+_PHOTO_DIM = 0.6  # brightness of the photo behind a digit-photo digit
 _TV_VAL, _TV_TEST = 20, 100  # per class, at most, for torchvision data sets
 # name -> (class in torchvision.datasets, train split kwargs, test split kwargs,
 #          kwargs of a separate validation split or None to take val from the train split)
@@ -200,8 +204,8 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if ok and value >= low and (high is None or value <= high):
         return int(value)
-    allowed = f"{low}..{high}" if high is not None else f"≥ {low}"
-    raise ValueError(f"{name} must be an int in {allowed}, got {value!r}")
+    allowed = f"in {low}..{high}" if high is not None else f"≥ {low}"
+    raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
 
 
 def glyph_dataset(n_per_class: int, seed: int = 0) -> TensorDataset:
@@ -211,7 +215,7 @@ def glyph_dataset(n_per_class: int, seed: int = 0) -> TensorDataset:
     of 0, ½ or 1 pixel, a rotation within ±15° and a shift within ±2 pixels, all from
     ``numpy.random.default_rng(seed)``. The rendered pixels are cached in
     ``data_dir()/glyphs-v<format>-n<n_per_class>-seed<seed>.pt``; a corrupt or mismatched
-    cache file is rebuilt with a warning. 62 × 200 glyphs render in about 3 s on one core.
+    cache file is rebuilt with a warning. 62 × 200 glyphs take about 2 s of CPU to render.
 
     Args:
         n_per_class: images per class (≥ 1).
@@ -320,11 +324,15 @@ def _digit_splits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _photo_digit_images() -> torch.Tensor:
-    """The digits on crops of scikit-learn's two photographs: ``|crop − digit|`` per channel.
+    """The digits in white over crops of scikit-learn's two photographs, dimmed.
 
-    As in MNIST-M (arXiv 1505.07818), ink inverts the colours of the photo beneath it. Image
-    ``i`` always gets the same photo and crop (drawn from a fixed seed in index order), so the
-    fixed splits hold fixed images.
+    ``image = 0.6 · crop · (1 − digit) + digit`` per colour channel: the ink is white, as in the
+    glyphs, and the background is a colourful, textured photo patch (at most 0.6 bright, so
+    the digit always stands out). Composited as in MNIST-M (arXiv 1505.07818), but MNIST-M's
+    ``|crop − digit|``, where ink inverts the photo, was too hard for 5 shots per class: fine-
+    tuning the glyph model reached 25% (82% with 20 shots), against 72% with this recipe and
+    83% on the plain digits (3 seeds each). Image ``i`` always gets the same photo and crop
+    (drawn from a fixed seed in index order), so the fixed splits hold fixed images.
     """
     from sklearn.datasets import load_sample_images
 
@@ -340,7 +348,7 @@ def _photo_digit_images() -> torch.Tensor:
         top = int(u * (photo.shape[1] - IMAGE_SIZE + 1))
         left = int(v * (photo.shape[2] - IMAGE_SIZE + 1))
         crops[i] = photo[:, top:top + IMAGE_SIZE, left:left + IMAGE_SIZE]
-    return (crops - digits).abs()
+    return _PHOTO_DIM * crops * (1 - digits) + digits
 
 
 def _load_digits(name: str, shots: Any, seed: Any) -> TargetTask:
@@ -366,8 +374,8 @@ def load_target(name: str = "digits", shots: int = 5, seed: int = 0, *,
         name: ``"digits"``: scikit-learn's handwritten digits (1,797 real images, 10 classes,
             upsampled from 8×8 to 24×24 and framed to 32×32 like the glyphs); test 50 and val
             20 per class, the rest (104 to 113 per class) is the pool for ``train``.
-            ``"digits-photo"``: the same digits and splits, composited onto crops of
-            scikit-learn's two photographs as in MNIST-M. A torchvision data set name
+            ``"digits-photo"``: the same digits and splits, in white over dimmed crops of
+            scikit-learn's two photographs (in the manner of MNIST-M). A torchvision data set name
             (``"cifar10"``, ``"cifar100"``, ``"mnist"``, ``"fashionmnist"``, ``"kmnist"``,
             ``"svhn"``, ``"stl10"``, ``"flowers102"``, ``"dtd"``, ``"oxfordiiitpet"``) read
             from ``data_dir()/"torchvision"``: images resized (shorter side) and centre-cropped
