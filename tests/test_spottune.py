@@ -232,15 +232,17 @@ def test_usage_target_term(source, batch):
 
 
 def _sure_policy(model, fine_tuned_blocks):
-    """Make the policy fine-tune exactly ``fine_tuned_blocks`` for every image."""
+    """Make the (plain, zero-initialised) policy fine-tune exactly ``fine_tuned_blocks`` for
+    every image."""
     with torch.no_grad():
-        model.policy.bias.fill_(-50.0)  # far beyond the standardised spread s·|z|
-        model.policy.bias[fine_tuned_blocks] = 50.0
+        model.policy.margin.bias.fill_(-50.0)
+        model.policy.margin.bias[fine_tuned_blocks] = 50.0
 
 
 def test_spottune_global_penalty_rewards_the_same_k_blocks_for_all(source, batch):
     model = build_method("spottune", source, 3, usage_weight=0.0, global_weight=1.0,
                          global_blocks=2).train()
+    assert model.policy.norm is None  # "auto": SpotTune-Global uses the plain policy
     _sure_policy(model, [1, 3])
     assert model.loss_terms(*batch)["global"].item() < 0.01
     _sure_policy(model, [0, 1, 3])
@@ -248,13 +250,21 @@ def test_spottune_global_penalty_rewards_the_same_k_blocks_for_all(source, batch
                                atol=0.01, rtol=0)
     # half the batch fine-tunes block 0: entropy log 2 for disagreeing examples
     with torch.no_grad():
-        model.policy.bias.zero_()
+        model.policy.margin.bias.zero_()
     torch.manual_seed(0)
     terms = model.loss_terms(*batch)
     v = model.last_decisions["route"].mean(dim=0)
     vc = v.clamp(1e-4, 1 - 1e-4)
     entropy = -(vc * vc.log() + (1 - vc) * (1 - vc).log()).sum()
     torch.testing.assert_close(terms["global"], (v.sum() - 2) ** 2 + entropy)
+
+
+def test_policy_norm_auto_is_batch_unless_spottune_global(source):
+    assert build_method("spottune", source, 3).policy.norm is not None
+    assert build_method("spottune", source, 3, global_weight=0.5).policy.norm is None
+    assert build_method("spottune", source, 3, global_weight=0.5,
+                        policy_norm="batch").policy.norm is not None
+    assert build_method("spottune", source, 3, policy_norm="none").policy.norm is None
 
 
 def test_param_groups(source):
@@ -306,7 +316,7 @@ def test_source_is_never_modified(source, batch):
     ("frozen_bn", "train", "frozen_bn must be one of eval, batch"),
     ("sample_at_eval", "maybe", "sample_at_eval"),
     ("policy_width", 2.5, "policy_width"),
-    ("policy_norm", "layer", "policy_norm must be one of batch, none"),
+    ("policy_norm", "layer", "policy_norm must be one of auto, batch, none"),
     ("lr_scale", 2.0, "lr_scale"),
 ])
 def test_bad_hyperparameters_raise_clear_errors(source, name, value, message):

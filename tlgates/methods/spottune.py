@@ -36,7 +36,10 @@ target task; measured on the default task, 5 labels per class):
    route (often within the first epoch), and once the softmax saturates no gradient brings it
    back. Standardising each block's margin ``α_{l,1} − α_{l,0}`` over the batch and scaling it
    by ``s`` lets the network decide *which* images fine-tune a block and a learned bias ``β_l``
-   *how many*. ``policy_norm="none"`` is the plain policy, for comparison.
+   *how many*. ``policy_norm="none"`` is the plain policy, for comparison. Standardised margins
+   split every batch by construction, so SpotTune-Global, which wants all images to agree,
+   uses the plain policy: the default ``policy_norm="auto"`` is ``"batch"``, or ``"none"``
+   when ``global_weight > 0``.
 2. A *usage target* in the manner of ConvNet-AIG's target-rate loss (Veit & Belongie,
    arXiv 1711.11503), ``L_usage = λ_u · mean_l (v_l − t)²``, which keeps ``β_l`` from drifting
    to "all images" or "none" (``usage_weight=0`` turns it off).
@@ -69,7 +72,7 @@ from tlgates.methods.base import FROZEN_BATCHNORM, Frozen, Param, TransferModel,
     frozen_and_trainable, register
 
 
-POLICY_NORMS = ("batch", "none")
+POLICY_NORMS = ("auto", "batch", "none")
 
 
 class PolicyNetwork(nn.Module):
@@ -154,7 +157,8 @@ class SpotTune(TransferModel):
         policy_weight_decay: weight decay of the policy network.
         policy_width: channels ``w`` of the policy's first convolution.
         policy_size: side of the downsampled image the policy reads.
-        policy_norm: ``"batch"`` (standardised margins) or ``"none"`` (:class:`PolicyNetwork`).
+        policy_norm: ``"batch"`` (standardised margins) or ``"none"`` (:class:`PolicyNetwork`);
+            ``"auto"``: ``"none"`` for SpotTune-Global (``global_weight > 0``), else ``"batch"``.
         policy_scale: ``s``, the spread of the standardised margins.
         usage_target: ``t``, the fraction of images each block should fine-tune for.
         usage_weight: ``λ_u`` of the usage target (0: plain SpotTune).
@@ -170,7 +174,7 @@ class SpotTune(TransferModel):
     def __init__(self, source: Backbone, num_classes: int, *, temperature: float = 1.0,
                  lr_scale: float = 0.2, policy_lr: float = 0.05,
                  policy_weight_decay: float = 0.001,
-                 policy_width: int = 8, policy_size: int = 16, policy_norm: str = "batch",
+                 policy_width: int = 8, policy_size: int = 16, policy_norm: str = "auto",
                  policy_scale: float = 5.0, usage_target: float = 0.5,
                  usage_weight: float = 1.0, global_weight: float = 0.0, global_blocks: int = 2,
                  frozen_bn: str = "eval", sample_at_eval: bool = False):
@@ -211,6 +215,8 @@ class SpotTune(TransferModel):
         self.tuned_blocks = nn.ModuleList(tuned for _, tuned in pairs)
         self.head = nn.Linear(source.feature_dim, num_classes)
         in_channels = next(source.stem.parameters()).shape[1]
+        if policy_norm == "auto":
+            policy_norm = "none" if global_weight > 0 else "batch"
         self.policy = PolicyNetwork(num_blocks, policy_width, policy_size, in_channels,
                                     policy_norm, policy_scale)
 
@@ -299,8 +305,8 @@ class SpotTune(TransferModel):
           policy_width=Param(8, "channels of the policy's first convolution", low=1, high=256),
           policy_size=Param(16, "side of the downsampled image the policy reads", low=4,
                             high=512),
-          policy_norm=Param("batch", "standardise the policy's margins over the batch (none: "
-                            "plain policy)", choices=POLICY_NORMS),
+          policy_norm=Param("auto", "batch: standardised policy margins; none: plain policy; "
+                            "auto: none for SpotTune-Global, else batch", choices=POLICY_NORMS),
           policy_scale=Param(5.0, "spread s of the standardised margins", low=1e-3, high=100.0),
           usage_target=Param(0.5, "target fraction t of images fine-tuning each block",
                              low=0.0, high=1.0),
