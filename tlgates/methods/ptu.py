@@ -15,8 +15,8 @@ layer gives ``a_s`` and a trainable target copy (initialised to the source weigh
 fine-tuning (the layer is the target copy), so the discrete transfer states are corners of a
 continuous gate space; ``(1, 1)`` adds both and ``(0, 0)`` switches the channel off.
 
-There is no public code: this module is our reconstruction from the paper's abstract and
-equations (DESIGN.md §5). Our choices where the paper is silent:
+There is no public code: this module is our reconstruction of the unit as DESIGN.md §5 states
+it from the paper. Our choices where that statement is silent:
 
 - **Convolutional layers** (:class:`ConvPTU`): one unit per element of the backbone contract,
   the ``stem`` and each residual block. The gates are per example and per channel, computed
