@@ -223,8 +223,10 @@ def plot_alpha_sweep(frame: pd.DataFrame, references: Mapping[str, float] | None
     for i, (label, value) in enumerate((references or {}).items()):
         ax.axhline(100 * value, ls=("--", ":", "-.")[i % 3], color="0.35", lw=1,
                    label=f"{label} ({100 * value:.1f} %)")
+    seeds = data["seed"].nunique()
     ax.set(xscale="log", xlabel="α (log scale)", ylabel="test accuracy (%)",
-           title=title or "Accuracy against the strength α of Ω (mean ± std over seeds)")
+           title=title or "Accuracy against the strength α of Ω "
+           + ("(one seed)" if seeds == 1 else f"(mean ± std over {seeds} seeds)"))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
