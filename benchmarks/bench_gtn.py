@@ -7,7 +7,12 @@ epochs cost. The paper claims a marginal extra cost; the auxiliary head reads th
 map of the same forward pass, so the target is a ratio ≤ 1.15.
 
     python benchmarks/bench_gtn.py                    # tiny ResNet, 32×32, batch 16 (CPU)
+    python benchmarks/bench_gtn.py --threads 1        # on a shared, busy CPU (see below)
     python benchmarks/bench_gtn.py --arch resnet18 --size 224 --batch-size 64 --device cuda
+
+On a CPU shared with other jobs, use ``--threads 1``: with more threads than free cores,
+PyTorch's worker threads wait for each other and the step times become erratic (ratios from
+0.8 to 1.2 in one afternoon here), while one thread gives stable ratios.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")

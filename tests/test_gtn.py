@@ -218,8 +218,11 @@ def test_bad_hyperparameters_raise_clear_errors(source, name, value, message):
 
 
 def test_bad_aux_stage_and_direct_construction_errors(source):
-    with pytest.raises(ValueError, match="aux_stage must index one of the backbone's 4 stages"):
+    with pytest.raises(ValueError, match="aux_stage must be in"):
         build_method("gtn", source, 3, aux_stage=4)
+    three_stages = tiny_resnet(width=4, blocks_per_stage=(1, 1, 1))
+    with pytest.raises(ValueError, match="aux_stage must index one of the backbone's 3 stages"):
+        build_method("gtn", three_stages, 3, aux_stage=3)
     with pytest.raises(ValueError, match="dropout"):
         GatedTransferNetwork(source, 3, dropout=-0.2)
     with pytest.raises(ValueError, match="unknown hyperparameter 'lambda'"):
@@ -244,3 +247,66 @@ def test_torchvision_resnet18_shapes():
     model.eval()
     assert model(x).shape == (4, 5)
     assert model.last_decisions["gate"].shape == (4, 512)
+
+
+# ----------------------------------------------------------------------------- views
+
+def test_gate_statistics():
+    from tlgates.plotting.gtn import (class_mean_gates, gate_variance_shares,
+                                      switched_off_channels)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    gates = torch.full((6, 4), 0.5)
+    gates[y == 1, 2] = 0.1  # class 1 closes channel 2
+    gates[:, 3] = 0.05  # channel 3 is closed for everybody: not class-specific
+    torch.testing.assert_close(class_mean_gates(gates, y, 3)[1],
+                               torch.tensor([0.5, 0.5, 0.1, 0.05]))
+    table = switched_off_channels(gates, y, cls=1, k=2)
+    assert table["channel"].iloc[0] == 2
+    assert table["gate (class)"].iloc[0] == pytest.approx(0.1)
+    assert table["gate (other classes)"].iloc[0] == pytest.approx(0.5)
+    fixed = torch.rand(4).expand(6, 4)  # the same gate vector for every example
+    assert gate_variance_shares(fixed, y, 3)["channel"] == pytest.approx(1.0)
+    per_class = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))[y]
+    shares = gate_variance_shares(per_class, y, 3)
+    assert shares["example"] == pytest.approx(0.0, abs=1e-6)
+    assert shares["class"] > 0
+    noisy = torch.rand(6, 4, generator=torch.Generator().manual_seed(1))
+    shares = gate_variance_shares(noisy, y, 3)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert min(shares.values()) > 0
+
+
+def test_views_draw_labelled_figures(source):
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from tlgates.plotting import gtn as views
+    from tlgates.train import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(30, 3, 32, 32, generator=g), torch.arange(30) % 3
+    data = TensorDataset(x, y)
+    model = build_method("gtn", source, 3)
+    history = fit(model, data, data, TrainConfig(epochs=2, batch_size=10), device="cpu",
+                  progress=False)
+    evaluation = evaluate(model, data)
+    names = ["a", "b", "c"]
+    frame = pd.DataFrame({"method": ["fine-tune", "GTN"] * 2, "seed": [0, 0, 1, 1],
+                          "accuracy": [0.8, 0.85, 0.82, 0.84]})
+    figures = [
+        views.plot_gate_distribution(evaluation.decisions["gate"]),
+        views.plot_class_gate_heatmap(evaluation.decisions["gate"], y, names),
+        views.plot_class_gate_heatmap(evaluation.decisions["gate"], y, names, relative=True),
+        views.plot_switched_off(evaluation, x, 1, k=2, n_images=3, class_names=names),
+        views.plot_example(model, evaluation, x, 4, names),
+        views.plot_ablation(frame, baseline=("finetune", 0.83)),
+        views.plot_gate_epochs(history.frame()),
+    ]
+    for fig in figures:
+        assert isinstance(fig, Figure)
+        assert fig.get_suptitle() or any(ax.get_title() for ax in fig.axes), "untitled view"
+        labelled = [ax for ax in fig.axes if ax.get_xlabel() or ax.get_ylabel()]
+        assert labelled or fig.get_suptitle(), "a view without axis labels"
+    no_gate = build_method("gtn", source, 3, gate=False).eval()
+    with pytest.raises(ValueError, match="no gate"):
+        views.plot_example(no_gate, evaluate(no_gate, data), x, 0)

@@ -187,8 +187,8 @@ class GatedTransferNetwork(TransferModel):
           gate=Param(True, "gate the pooled features (false: g = 1)"),
           aux_weight=Param(0.2, "λ_aux of the auxiliary classifier (0: none)", low=0.0,
                            high=10.0),
-          aux_stage=Param(-2, "stage the auxiliary head reads (index into stage_ends)",
-                          low=-16, high=15),
+          aux_stage=Param(-2, "stage the auxiliary head reads (index into stage_ends; "
+                          "ResNets have 4)", low=-4, high=3),
           reduction=Param(16, "gate bottleneck: D // reduction units", low=1, high=1024),
           dropout=Param(0.2, "dropout in the gate and before the classifier", low=0.0,
                         high=0.95),

@@ -29,6 +29,25 @@ def class_mean_gates(gates: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
     return sums / counts[:, None]
 
 
+def gate_variance_shares(gates: torch.Tensor, y: torch.Tensor,
+                         num_classes: int) -> dict[str, float]:
+    """How much of the gates' variance is per channel, per class and per example (sums to 1).
+
+    With ``m_d`` the mean gate of channel d, ``c_{k,d}`` its mean over class k and ``ḡ`` the
+    mean of all gates: ``Var(g) = mean_d (m_d − ḡ)² + mean_n,d (c_{y_n,d} − m_d)²
+    + mean_n,d (g_{n,d} − c_{y_n,d})²`` (the cross terms vanish). A gate that is a fixed
+    re-weighting of the channels is all "channel"; a gate that reads the image is "example".
+    """
+    gates = gates.float()
+    class_means = class_mean_gates(gates, y, num_classes)[y]
+    channel_means = gates.mean(dim=0)
+    parts = torch.stack([((channel_means - gates.mean()) ** 2).mean(),
+                         ((class_means - channel_means) ** 2).mean(),
+                         ((gates - class_means) ** 2).mean()])
+    shares = parts / parts.sum().clamp(min=torch.finfo(parts.dtype).tiny)
+    return dict(zip(("channel", "class", "example"), shares.tolist()))
+
+
 def switched_off_channels(gates: torch.Tensor, y: torch.Tensor, cls: int,
                           k: int = 3) -> pd.DataFrame:
     """The ``k`` channels that class ``cls`` closes most *relative to the other classes*.
@@ -181,11 +200,12 @@ def plot_example(model: GatedTransferNetwork, evaluation: Evaluation, images: to
 
 
 def plot_ablation(frame: pd.DataFrame, order: Sequence[str] | None = None, *,
-                  title: str = "") -> Figure:
+                  baseline: tuple[str, float] | None = None, title: str = "") -> Figure:
     """Test accuracy of the ablation variants: one dot per seed, mean ± std, and the first
     variant's mean (fine-tuning) as a dashed reference line.
 
-    ``frame`` has one row per variant and seed, with columns ``method`` and ``accuracy``.
+    ``frame`` has one row per variant and seed, with columns ``method``, ``seed`` and
+    ``accuracy`` (a fraction). ``baseline`` = (label, mean accuracy) adds a dotted line.
     """
     data = frame.assign(accuracy=100 * frame["accuracy"])
     order = list(order) if order is not None else list(dict.fromkeys(data["method"]))
@@ -198,6 +218,8 @@ def plot_ablation(frame: pd.DataFrame, order: Sequence[str] | None = None, *,
                 color="tab:red", capsize=6, markersize=8, label="mean ± std")
     ax.axhline(stats["mean"].iloc[0], ls="--", color="0.4", lw=1,
                label=f"{order[0]} mean")
+    if baseline is not None:
+        ax.axhline(100 * baseline[1], ls=":", color="tab:blue", lw=1.5, label=baseline[0])
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
