@@ -35,6 +35,11 @@ pytestmark = [
 # Add a notebook here (one line) once it has a dashboard.
 NOTEBOOKS = [
     "00_transfer_basics.ipynb",
+    "01_gtn.ipynb",
+    "02_delta.ipynb",
+    "03_spottune.ipynb",
+    "04_adafilter.ipynb",
+    "05_ptu.ipynb",
 ]
 
 KERNEL_IDLE_TIMEOUT_MS = 120_000  # kernel start (the first import of torch is slow)
