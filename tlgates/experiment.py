@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from tlgates.data import TargetTask, load_target
 from tlgates.methods import TransferModel, build_method, get_method
@@ -105,20 +106,23 @@ def compare(methods: Sequence[str], *, target: str = "digits", shots: Sequence[i
             source: SourceModel | None = None, progress: bool = True) -> pd.DataFrame:
     """Test accuracy of each method for each labels-per-class value and seed (long format).
 
-    Only test accuracy is measured (no per-epoch validation pass). Returns one row per
-    (method, shots, seed) with columns ``method``, ``shots``, ``seed``,
-    ``accuracy`` and ``seconds`` (per seed); summarise with :func:`summarize`.
+    Only test accuracy is measured (no per-epoch validation pass); one progress bar counts
+    the settings. Returns one row per (method, shots, seed) with columns ``method``,
+    ``shots``, ``seed``, ``accuracy`` and ``seconds`` (per seed); see :func:`summarize`.
     """
     source = source if source is not None else source_model(progress=progress)
+    seed_values = _seed_list(seeds)
+    settings = [(k, name) for k in shots for name in methods]
     rows = []
-    for k in shots:
-        for name in methods:
-            result = run_method(name, target=target, shots=k, seeds=seeds, config=config,
-                                params=(params or {}).get(name), source=source,
-                                progress=progress, curves=False)
-            per_seed = result.seconds / len(result.seeds)
-            rows += [{"method": name, "shots": k, "seed": s, "accuracy": a,
-                      "seconds": per_seed} for s, a in zip(result.seeds, result.accuracies)]
+    bar = tqdm(settings, desc="compare", disable=not progress)
+    for k, name in bar:
+        bar.set_postfix_str(f"{name}, {k} per class")
+        result = run_method(name, target=target, shots=k, seeds=seed_values, config=config,
+                            params=(params or {}).get(name), source=source, progress=False,
+                            curves=False)
+        per_seed = result.seconds / len(result.seeds)
+        rows += [{"method": name, "shots": k, "seed": s, "accuracy": a, "seconds": per_seed}
+                 for s, a in zip(result.seeds, result.accuracies)]
     return pd.DataFrame(rows)
 
 

@@ -128,7 +128,9 @@ def evaluate(model: TransferModel, dataset: Dataset, *, batch_size: int = 256,
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     logits, labels, decisions = [], [], {}
-    for x, y in DataLoader(dataset, batch_size=batch_size):
+    # An own generator: a DataLoader without one draws its base seed from the global RNG,
+    # which would shift the dropout / Gumbel noise of the training that follows.
+    for x, y in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
         logits.append(model(x.to(device)).cpu())
         labels.append(y)
         for name, value in model.last_decisions.items():
