@@ -55,6 +55,12 @@ def test_decisions_are_one_hot_in_training_and_evaluation(source, batch):
         assert ((p > 0) & (p < 1)).all()
 
 
+def test_a_training_batch_of_one_image_works(source, batch):
+    model = build_method("spottune", source, 3).train()
+    terms = model.loss_terms(batch[0][:1], batch[1][:1])
+    assert torch.isfinite(sum(terms.values()))
+
+
 def test_plain_policy_starts_every_route_at_probability_one_half(source, batch):
     model = build_method("spottune", source, 3, policy_norm="none").eval()
     model(batch[0])

@@ -126,7 +126,12 @@ class PolicyNetwork(nn.Module):
             x = F.adaptive_avg_pool2d(x, self.size)
         m = self.margin(self.features(x))
         if self.norm is not None:
-            m = self.scale * self.norm(m) + self.bias
+            if self.training and len(m) == 1:  # no batch statistics from one image
+                m = F.batch_norm(m, self.norm.running_mean, self.norm.running_var,
+                                 eps=self.norm.eps)
+            else:
+                m = self.norm(m)
+            m = self.scale * m + self.bias
         return torch.stack([-m / 2, m / 2], dim=-1)
 
 
@@ -161,7 +166,7 @@ class SpotTune(TransferModel):
             ``"auto"``: ``"none"`` for SpotTune-Global (``global_weight > 0``), else ``"batch"``.
         policy_scale: ``s``, the spread of the standardised margins.
         usage_target: ``t``, the fraction of images each block should fine-tune for.
-        usage_weight: ``λ_u`` of the usage target (0: plain SpotTune).
+        usage_weight: ``λ_u`` of the usage target (0: off).
         global_weight: ``λ_g`` of the SpotTune-Global penalty (0: off).
         global_blocks: ``k``, the number of blocks SpotTune-Global fine-tunes.
         frozen_bn: BatchNorm of the frozen copies, ``"eval"`` or ``"batch"``.
@@ -182,8 +187,7 @@ class SpotTune(TransferModel):
         num_blocks = len(source.blocks)
         checks = [
             ("temperature", temperature, temperature > 0, "must be > 0"),
-            ("lr_scale", lr_scale, 0 <= lr_scale <= 1,
-             "must be in [0, 1]"),
+            ("lr_scale", lr_scale, 0 <= lr_scale <= 1, "must be in [0, 1]"),
             ("policy_lr", policy_lr, policy_lr > 0, "must be > 0"),
             ("policy_weight_decay", policy_weight_decay, policy_weight_decay >= 0,
              "must be ≥ 0"),
@@ -241,7 +245,7 @@ class SpotTune(TransferModel):
             routes, p_finetune = self.routes(x)
             self.last_decisions = {"route": routes.detach(), "p_finetune": p_finetune.detach()}
         else:
-            routes = routes.to(x.dtype).expand(x.shape[0], len(self.tuned_blocks))
+            routes = routes.to(x).expand(x.shape[0], len(self.tuned_blocks))
             self.last_decisions = {"route": routes.detach()}
         h = self.stem(x)
         for l, (frozen, tuned) in enumerate(zip(self.frozen_blocks, self.tuned_blocks)):
@@ -310,7 +314,7 @@ class SpotTune(TransferModel):
           policy_scale=Param(5.0, "spread s of the standardised margins", low=1e-3, high=100.0),
           usage_target=Param(0.5, "target fraction t of images fine-tuning each block",
                              low=0.0, high=1.0),
-          usage_weight=Param(1.0, "λ_u of the usage target (0: plain SpotTune)", low=0.0,
+          usage_weight=Param(1.0, "λ_u of the usage target (0: off)", low=0.0,
                              high=100.0),
           global_weight=Param(0.0, "λ_g of the SpotTune-Global penalty (0: off)", low=0.0,
                               high=100.0),
