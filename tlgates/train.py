@@ -40,7 +40,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "onecycle"
     augment: bool = True
-    eval_batch_size: int = 256
+    eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -122,7 +122,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 @torch.no_grad()
-def evaluate(model: TransferModel, dataset: Dataset, *, batch_size: int = 256,
+def evaluate(model: TransferModel, dataset: Dataset, *, batch_size: int = 64,
              device: torch.device | str | None = None) -> Evaluation:
     """Accuracy, logits and per-example decisions of ``model`` (in eval mode) on ``dataset``."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
