@@ -7,13 +7,19 @@ input; the target is a ratio ≤ 2.5. To show where the time goes the script als
 
 - AdaFilter with every gate forced to the fine-tuned path (the paired convolutions and BNs,
   but no gate network and no sampling): the cost of carrying the pre-trained half;
-- AdaFilter with the straight-through estimator (no Gumbel noise);
+- AdaFilter with the Gumbel-sigmoid estimator (noise sampled per gate) and with the
+  standardised gate input;
 - AdaFilter whose paired convolution uses plain autograd (the weight gradient of both halves
   computed, the frozen half's thrown away) instead of its own backward; and with
   ``frozen_bn="batch"`` (the frozen BN cannot be folded into the frozen weights);
 - and, with ``--profile``, the operators that take the most time in an AdaFilter step.
 
+On a CPU shared with other jobs, ``--threads 1`` gives the fairer ratio: with several threads
+per process, AdaFilter's many tiny operations (the LSTM's 16×32 products) wait for busy cores
+far longer than fine-tuning's few large ones.
+
     python benchmarks/bench_adafilter.py                 # tiny ResNet, 32×32, batch 16 (CPU)
+    python benchmarks/bench_adafilter.py --threads 1     # a fairer ratio on a busy machine
     python benchmarks/bench_adafilter.py --arch resnet50 --size 224 --batch-size 64 --device cuda
 """
 from __future__ import annotations
@@ -91,9 +97,11 @@ def main() -> None:
     models = {
         "finetune": build_method("finetune", source, args.classes),
         "adafilter": build_method("adafilter", source, args.classes),
-        "all gates fine-tuned (no LSTM)": ForcedFinetuned(source, args.classes),
-        "straight-through (no noise)": build_method("adafilter", source, args.classes,
-                                                    estimator="straight-through"),
+        "all gates fine-tuned (no gate net)": ForcedFinetuned(source, args.classes),
+        "gumbel estimator": build_method("adafilter", source, args.classes,
+                                         estimator="gumbel"),
+        "standardized gate input": build_method("adafilter", source, args.classes,
+                                                gate_input="standardized"),
         "plain autograd paired conv": PlainAutograd(source, args.classes),
         "frozen_bn=batch (no folding)": build_method("adafilter", source, args.classes,
                                                      frozen_bn="batch"),

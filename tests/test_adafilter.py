@@ -316,3 +316,53 @@ def test_torchvision_bottleneck_gates_conv3():
     x = torch.rand(2, 3, 64, 64)
     assert model(x).shape == (2, 5)
     assert model.last_decisions["gate/block15.conv3"].shape == (2, 2048)
+
+
+def _evaluation(gates: dict, y):
+    from tlgates.train import Evaluation
+    n = len(y)
+    return Evaluation(0.5, torch.zeros(n, 3), torch.tensor(y), gates)
+
+
+def test_usage_and_agreement_tables_follow_their_definitions():
+    from tlgates.plotting.adafilter import decision_agreement, usage_table
+    gates = {"gate/a": torch.tensor([[1., 0.], [1., 1.], [1., 0.]]),
+             "gate/b": torch.tensor([[0., 0., 0.], [0., 0., 0.], [1., 1., 1.]])}
+    evaluation = _evaluation(gates, [0, 0, 1])
+    table = usage_table(evaluation, ["a", "b"])
+    assert table.loc["a", "fine-tuned"] == pytest.approx(4 / 6)
+    assert table.loc["a", "always fine-tuned"] == 0.5
+    assert table.loc["a", "vary by example"] == 0.5
+    assert table.loc["b", "always pre-trained"] == 0 and table.loc["b", "vary by example"] == 1
+    agreement = decision_agreement(evaluation, ["a", "b"])
+    # layer a: examples 0 and 1 (same class) agree on 1 of 2 filters; 0–2 on 2, 1–2 on 1
+    assert agreement.loc["a", "same class"] == pytest.approx(0.5)
+    assert agreement.loc["a", "different classes"] == pytest.approx(0.75)
+    assert agreement.loc["b", "same class"] == 1.0 and agreement.loc["b", "different classes"] == 0
+
+
+def test_plots_return_figures(source, batch):
+    from matplotlib.figure import Figure
+
+    from tlgates.plotting import adafilter as plots
+    from tlgates.train import evaluate
+    model = trained(source, batch)
+    data = TensorDataset(*batch)
+    evaluation = evaluate(model, data)
+    names = model.layer_names
+    wiped = plots.evaluate_without_memory(model, data)
+    assert "step" not in vars(model.gates)  # the method is restored
+    frame = plots.path_accuracies(model, data)
+    assert list(frame.index) == ["learned gates", "all pre-trained", "all fine-tuned"]
+    history = fit(model, data, data, TrainConfig(epochs=2, batch_size=8), device="cpu",
+                  progress=False).frame()
+    figures = [plots.plot_layer_usage(evaluation, names),
+               plots.plot_class_usage(evaluation, names, ["a", "b", "c"]),
+               plots.plot_usage_over_training(history, names),
+               plots.plot_filter_map(evaluation, batch[0], 0, names),
+               plots.plot_filter_map_pair(evaluation, batch[0], 0, 1, names),
+               plots.plot_agreement(evaluation, names),
+               plots.plot_layer_correlation(evaluation, names),
+               plots.plot_memory_ablation(evaluation, wiped, names),
+               plots.plot_path_accuracies(frame)]
+    assert all(isinstance(f, Figure) for f in figures)

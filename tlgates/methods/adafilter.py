@@ -338,17 +338,26 @@ class AdaFilter(TransferModel):
 
     # ------------------------------------------------------------------ forward
 
-    def _gate(self, logits: torch.Tensor) -> torch.Tensor:
+    def _next_logits(self, x: torch.Tensor, state: Any) -> tuple[list[Any], Any]:
+        """One LSTM step reading ``x``: the gate logits of the convolutions whose input is
+        ``x`` (``None`` each, and no step, while the gates are forced)."""
+        index, self._step = self._step, self._step + 1
         if self.force_path is not None:
-            return torch.full_like(logits, float(self.force_path == "finetuned"))
+            return [None] * len(self.gates.heads[index]), state
+        return self.gates.step(index, x, state)
+
+    def _gate(self, logits: torch.Tensor | None, x: torch.Tensor,
+              filters: int) -> torch.Tensor:
+        if self.force_path is not None:
+            return x.new_full((x.shape[0], filters), float(self.force_path == "finetuned"))
         return binary_gate(logits, temperature=self.temperature, estimator=self.estimator,
                            training=self.training)
 
     def _gated(self, x: torch.Tensor, conv_ft: nn.Conv2d, bn_ft: nn.BatchNorm2d,
-               conv_pt: nn.Conv2d, bn_pt: nn.BatchNorm2d, logits: torch.Tensor,
+               conv_pt: nn.Conv2d, bn_pt: nn.BatchNorm2d, logits: torch.Tensor | None,
                name: str) -> torch.Tensor:
         """``y = G ⊙ BN_ft(W_ft∗x) + (1 − G) ⊙ BN_pt(W_pt∗x)``, ``G = hard(σ(logits/τ))``."""
-        g = self._gate(logits)
+        g = self._gate(logits, x, conv_ft.out_channels)
         self._decisions[f"gate/{name}"] = g.detach()
         self._gate_values.append(g)
         y_ft, y_pt = paired_conv_bn(x, conv_ft, bn_ft, conv_pt, bn_pt)
@@ -359,8 +368,7 @@ class AdaFilter(TransferModel):
         names = [n for n in ("conv1", "conv2", "conv3") if hasattr(ft, n)]
         identity, out = x, x
         for k, name in enumerate(names):
-            logits, state = self.gates.step(self._step, out, state)
-            self._step += 1
+            logits, state = self._next_logits(out, state)
             bn = "bn" + name[-1]
             out = self._gated(out, getattr(ft, name), getattr(ft, bn), getattr(pt, name),
                               getattr(pt, bn), logits[0], f"block{b}.{name}")
@@ -381,8 +389,7 @@ class AdaFilter(TransferModel):
         stem_ft, stem_pt = self.finetuned.stem, self.pretrained.module.stem
         for i, layer in enumerate(stem_ft):
             if isinstance(layer, nn.Conv2d):
-                logits, state = self.gates.step(self._step, x, state)
-                self._step += 1
+                logits, state = self._next_logits(x, state)
                 x = self._gated(x, layer, stem_ft[i + 1], stem_pt[i], stem_pt[i + 1],
                                 logits[0], f"stem.{i}")
             elif not isinstance(layer, nn.BatchNorm2d):

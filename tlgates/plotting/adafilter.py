@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-from matplotlib.colors import ListedColormap
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap, ListedColormap
 from matplotlib.figure import Figure
 
 from tlgates.methods.adafilter import AdaFilter, filters_that_vary
@@ -162,21 +163,20 @@ def _filter_grid(evaluation: Evaluation, layer_names: Sequence[str], index: int)
     return grid
 
 
-def _show_image(ax: object, image: torch.Tensor, title: str) -> None:
+def _show_image(ax: Axes, image: torch.Tensor, title: str) -> None:
     array = image.permute(1, 2, 0).clamp(0, 1).numpy()
     ax.imshow(array[..., 0] if array.shape[2] == 1 else array, cmap="gray")
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
 
 
-def _draw_grid(ax: object, grid: np.ndarray, layer_names: Sequence[str], title: str,
-               cmap: object = PATH_COLORS, vmin: float = 0, vmax: float = 1) -> object:
-    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=vmin,
-                      vmax=vmax, interpolation="nearest")
+def _draw_grid(ax: Axes, grid: np.ndarray, layer_names: Sequence[str], title: str,
+               cmap: Colormap = PATH_COLORS) -> None:
+    ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=1,
+              interpolation="nearest")
     ax.set_facecolor("white")
     ax.set_yticks(range(len(layer_names)), layer_names, fontsize=7)
     ax.set(xlabel="filter index", title=title)
-    return image
 
 
 def plot_filter_map(evaluation: Evaluation, images: torch.Tensor, index: int,
