@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+from tlgates.backbones import tiny_resnet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -221,3 +224,17 @@ def scratch_dir_in_repo(repo_root: Path, request: pytest.FixtureRequest) -> Iter
     path.mkdir(parents=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def source():
+    """A small random tiny ResNet standing in for the pre-trained source in unit tests."""
+    torch.manual_seed(0)
+    return tiny_resnet(width=4).eval()
+
+
+@pytest.fixture
+def batch():
+    """Eight random 3×32×32 images with labels in 0..2."""
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)

@@ -2,21 +2,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from tlgates.backbones import tiny_resnet
 from tlgates.methods import METHODS, Frozen, Param, build_method, get_method
 from tlgates.train import TrainConfig, fit
-
-
-@pytest.fixture
-def source():
-    torch.manual_seed(0)
-    return tiny_resnet(width=4).eval()
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
 def one_step(model, x, y, lr=0.1):

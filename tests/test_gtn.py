@@ -18,18 +18,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def source():
-    torch.manual_seed(0)
-    return tiny_resnet(width=4).eval()
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
-
-
 def one_step(model, x, y, lr=0.1):
     model.train()
     opt = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
