@@ -24,7 +24,6 @@ far longer than fine-tuning's few large ones.
 """
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import tlgates.methods.adafilter as adafilter
-from tlgates.backbones import TORCHVISION_ARCHS, tiny_resnet, torchvision_resnet
-from tlgates.benchmark import step_times
+from tlgates.benchmark import (
+    prepare, random_batch, random_source, report, setting, step_parser, step_times,
+)
 from tlgates.methods import build_method
 from tlgates.train import training_step
 
@@ -77,23 +77,12 @@ def _paired_conv(function: type) -> Iterator[None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="tiny", choices=("tiny",) + TORCHVISION_ARCHS)
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser = step_parser(__doc__.split("\n")[0])
     parser.add_argument("--profile", action="store_true",
                         help="also list the operators that take the most time in a step")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    source = tiny_resnet() if args.arch == "tiny" else torchvision_resnet(args.arch)
+    device = prepare(args)
+    source = random_source(args.arch)
     models = {
         "finetune": build_method("finetune", source, args.classes),
         "adafilter": build_method("adafilter", source, args.classes),
@@ -108,17 +97,10 @@ def main() -> None:
     }
     for model in models.values():
         model.to(device)
-    x = torch.rand(args.batch_size, 3, args.size, args.size, device=device)
-    y = torch.randint(0, args.classes, (args.batch_size,), device=device)
+    x, y = random_batch(args, device)
     table = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
-    where = (f"{args.arch}, {args.size}×{args.size}, batch {args.batch_size}, {device}"
-             + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
-    print(f"Training step, median over {args.rounds} interleaved rounds ({where}):")
-    print(table.to_string())
-    ratio = table.loc["adafilter", "ratio to finetune"]
-    verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
-    print(f"AdaFilter costs {ratio:.2f}× a fine-tuning step: {verdict} the {TARGET_RATIO}× "
-          "target.")
+    report(table, setting(args, device), args.rounds, row="adafilter", label="AdaFilter",
+           target=TARGET_RATIO)
     if args.profile:
         model = models["adafilter"]
         optimizer = torch.optim.SGD(model.param_groups(0.01), lr=0.01)

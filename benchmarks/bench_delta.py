@@ -20,8 +20,8 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
-from tlgates.backbones import TORCHVISION_ARCHS, Backbone, torchvision_resnet
-from tlgates.benchmark import step_times
+from tlgates.backbones import Backbone, torchvision_resnet
+from tlgates.benchmark import prepare, random_batch, report, setting, step_parser, step_times
 from tlgates.methods import build_method
 from tlgates.methods.delta import (
     attention_weights, channel_loss_rises, channel_loss_rises_naive, check_blocks, fit_probe,
@@ -107,41 +107,24 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> None:
     models["delta"].on_fit_start(data)
     for model in models.values():
         model.to(device)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch_size, 3, args.size, args.size, generator=g).to(device)
-    y = torch.randint(0, num_classes, (args.batch_size,), generator=g).to(device)
-    table = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    print(f"\nTraining step of {what}, batch {args.batch_size}, {device}{threads}, median "
-          f"over {args.rounds} interleaved rounds:")
-    print(table.to_string())
-    ratio = table.loc["delta", "ratio to finetune"]
-    print(f"DELTA costs {ratio:.2f}× a fine-tuning step: "
-          f"{'within' if ratio <= TARGET_STEP_RATIO else 'ABOVE'} the "
-          f"{TARGET_STEP_RATIO:g}× target.")
+    table = step_times(models, *random_batch(args, device, num_classes), rounds=args.rounds,
+                       steps=args.steps)
+    print()
+    report(table, setting(args, device, what), args.rounds, row="delta", label="DELTA",
+           target=TARGET_STEP_RATIO)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="tiny", choices=("tiny",) + TORCHVISION_ARCHS)
-    parser.add_argument("--size", type=int, default=32, help="image side (torchvision archs)")
+    parser = step_parser(__doc__.split("\n")[0], size_help="image side (torchvision archs)")
     parser.add_argument("--shots", type=int, default=5, help="labels per class (tiny)")
     parser.add_argument("--examples", type=int, default=None,
                         help="examples for the attention (default: the whole training set)")
-    parser.add_argument("--classes", type=int, default=10, help="classes (torchvision archs)")
     parser.add_argument("--attention-batch", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16, help="training batch")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--repeats", type=int, default=3, help="attention timings (best of)")
     parser.add_argument("--skip", choices=("attention", "step"), default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = prepare(args)
     if args.skip != "attention":
         bench_attention(args, device)
     if args.skip != "step":

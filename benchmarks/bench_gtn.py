@@ -16,12 +16,9 @@ PyTorch's worker threads wait for each other and the step times become erratic (
 """
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-from tlgates.backbones import TORCHVISION_ARCHS, tiny_resnet, torchvision_resnet
-from tlgates.benchmark import step_times
+from tlgates.benchmark import (
+    prepare, random_batch, random_source, report, setting, step_parser, step_times,
+)
 from tlgates.methods import build_method
 from tlgates.methods.gtn import ABLATION
 
@@ -29,21 +26,9 @@ TARGET_RATIO = 1.15
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="tiny", choices=("tiny",) + TORCHVISION_ARCHS)
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    source = tiny_resnet() if args.arch == "tiny" else torchvision_resnet(args.arch)
+    args = step_parser(__doc__.split("\n")[0], rounds=25).parse_args()
+    device = prepare(args)
+    source = random_source(args.arch)
     models = {"finetune": build_method("finetune", source, args.classes)}
     for label in ("+ gate", "+ aux", "GTN"):
         models[label] = build_method("gtn", source, args.classes, **ABLATION[label])
@@ -52,16 +37,10 @@ def main() -> None:
     models["GTN warm-up (backbone frozen)"] = warmup
     for model in models.values():
         model.to(device)
-    x = torch.rand(args.batch_size, 3, args.size, args.size, device=device)
-    y = torch.randint(0, args.classes, (args.batch_size,), device=device)
-    table = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
-    where = (f"{args.arch}, {args.size}×{args.size}, batch {args.batch_size}, {device}"
-             + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
-    print(f"Training step, median over {args.rounds} interleaved rounds ({where}):")
-    print(table.to_string())
-    ratio = table.loc["GTN", "ratio to finetune"]
-    verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
-    print(f"GTN costs {ratio:.2f}× a fine-tuning step: {verdict} the {TARGET_RATIO}× target.")
+    table = step_times(models, *random_batch(args, device), rounds=args.rounds,
+                       steps=args.steps)
+    report(table, setting(args, device), args.rounds, row="GTN", label="GTN",
+           target=TARGET_RATIO)
 
 
 if __name__ == "__main__":

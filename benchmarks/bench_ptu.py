@@ -18,13 +18,12 @@ an ``nn.LSTMCell``, which is how PTU has to run it (the gates act between steps)
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
-from tlgates.backbones import TORCHVISION_ARCHS, tiny_resnet, torchvision_resnet
-from tlgates.benchmark import step_times
+from tlgates.benchmark import (
+    prepare, random_batch, random_source, report, setting, step_parser, step_times,
+)
 from tlgates.methods import TransferModel, build_method
 from tlgates.methods.ptu import RowLSTM, forced_gates, lstm_cell
 
@@ -49,22 +48,11 @@ class CellLoopLSTM(TransferModel):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="tiny", choices=("tiny",) + TORCHVISION_ARCHS)
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--classes", type=int, default=10)
+    parser = step_parser(__doc__.split("\n")[0])
     parser.add_argument("--hidden", type=int, default=64, help="row LSTM hidden units")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    source = (tiny_resnet() if args.arch == "tiny" else torchvision_resnet(args.arch)).eval()
+    device = prepare(args)
+    source = random_source(args.arch)
     k = args.classes
     constant = build_method("ptu", source, k)
     cnn = {"finetune": build_method("finetune", source, k),
@@ -75,24 +63,20 @@ def main() -> None:
     rnn = {"finetune": build_method("ptu-rnn", encoder, k, transfer="finetune"),
            "finetune, LSTMCell loop": CellLoopLSTM(encoder, k),
            "ptu-rnn": build_method("ptu-rnn", encoder, k)}
-    x = torch.rand(args.batch_size, 3, args.size, args.size, device=device)
-    y = torch.randint(0, k, (args.batch_size,), device=device)
-    where = (f"{args.size}×{args.size}, batch {args.batch_size}, {device}"
-             + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
-    cnn_label, rnn_label = f"CNN ({args.arch})", f"RNN (row LSTM, {args.hidden} hidden units)"
+    x, y = random_batch(args, device)
+    cnn_label = f"CNN ({args.arch}, {args.size}×{args.size})"
+    rnn_label = f"RNN (row LSTM, {args.hidden} hidden units, {args.size} rows)"
     tables = {}
     for label, models in ((cnn_label, cnn), (rnn_label, rnn)):
         for model in models.values():
             model.to(device)
         with forced_gates(constant, 0.5, 0.5):  # the gate layers are skipped
             tables[label] = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
-        print(f"{label}: training step, median over {args.rounds} interleaved rounds "
-              f"({where}):")
-        print(tables[label].to_string(), end="\n\n")
-    ratio = tables[cnn_label].loc["ptu", "ratio to finetune"]
-    verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
-    print(f"PTU (CNN) costs {ratio:.2f}× a fine-tuning step: {verdict} the {TARGET_RATIO}× "
-          "target.")
+    report(tables[cnn_label], setting(args, device, cnn_label), args.rounds, row="ptu",
+           label="PTU (CNN)", target=TARGET_RATIO)
+    print(f"\nTraining step, median over {args.rounds} interleaved rounds "
+          f"({setting(args, device, rnn_label)}):")
+    print(tables[rnn_label].to_string())
     rnn_table = tables[rnn_label]
     loop = rnn_table.loc["ptu-rnn", "ms per step"] / rnn_table.loc[
         "finetune, LSTMCell loop", "ms per step"]

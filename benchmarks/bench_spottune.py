@@ -18,13 +18,12 @@ Target: a ratio ≤ 2.3 to fine-tuning.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from tlgates.backbones import TORCHVISION_ARCHS, tiny_resnet, torchvision_resnet
-from tlgates.benchmark import step_times
+from tlgates.benchmark import (
+    prepare, random_batch, random_source, report, setting, step_parser, step_times,
+)
 from tlgates.methods import TransferModel, build_method
 from tlgates.methods.spottune import SpotTune
 
@@ -58,21 +57,9 @@ class PolicyAlone(TransferModel):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="tiny", choices=("tiny",) + TORCHVISION_ARCHS)
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    source = tiny_resnet() if args.arch == "tiny" else torchvision_resnet(args.arch)
+    args = step_parser(__doc__.split("\n")[0]).parse_args()
+    device = prepare(args)
+    source = random_source(args.arch)
     num_blocks = len(source.blocks)
     routes = torch.randint(0, 2, (args.batch_size, num_blocks), device=device).float()
     wasteful = build_method("spottune", source, args.classes)
@@ -87,17 +74,10 @@ def main() -> None:
     }
     for model in models.values():
         model.to(device)
-    x = torch.rand(args.batch_size, 3, args.size, args.size, device=device)
-    y = torch.randint(0, args.classes, (args.batch_size,), device=device)
-    table = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
-    where = (f"{args.arch}, {args.size}×{args.size}, batch {args.batch_size}, {device}"
-             + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""))
-    print(f"Training step, median over {args.rounds} interleaved rounds ({where}):")
-    print(table.to_string())
-    ratio = table.loc["spottune", "ratio to finetune"]
-    verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
-    print(f"SpotTune costs {ratio:.2f}× a fine-tuning step: {verdict} the {TARGET_RATIO}× "
-          "target.")
+    table = step_times(models, *random_batch(args, device), rounds=args.rounds,
+                       steps=args.steps)
+    report(table, setting(args, device), args.rounds, row="spottune", label="SpotTune",
+           target=TARGET_RATIO)
 
 
 if __name__ == "__main__":

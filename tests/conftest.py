@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import pytest
 import torch
 
 from tlgates.backbones import tiny_resnet
+from tlgates.methods import TransferModel, build_method
+from tlgates.train import training_step
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -238,3 +240,29 @@ def batch():
     """Eight random 3×32×32 images with labels in 0..2."""
     g = torch.Generator().manual_seed(1)
     return torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+@pytest.fixture
+def one_step() -> Callable[..., torch.Tensor]:
+    """``one_step(model, x, y, lr=0.1)``: one SGD step (momentum 0.9) in training mode through
+    the training loop's own step; returns the loss."""
+    def step(model: TransferModel, x: torch.Tensor, y: torch.Tensor,
+             lr: float = 0.1) -> torch.Tensor:
+        model.train()
+        optimizer = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
+        return training_step(model, optimizer, x, y)[0]
+    return step
+
+
+@pytest.fixture
+def trained(source, batch, one_step) -> Callable[..., TransferModel]:
+    """``trained(name, steps=3, **params)``: method ``name`` built on ``source`` for 3 classes
+    and trained ``steps`` steps on ``batch``, so that its weights and BatchNorm statistics
+    differ from the source's."""
+    def train(name: str, steps: int = 3, **params: Any) -> TransferModel:
+        torch.manual_seed(0)
+        model = build_method(name, source, 3, **params)
+        for _ in range(steps):
+            one_step(model, *batch)
+        return model
+    return train

@@ -7,29 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tlgates.backbones import Backbone, tiny_resnet, torchvision_resnet
+from tlgates.backbones import Backbone, torchvision_resnet
 from tlgates.methods import build_method, get_method
 from tlgates.methods.adafilter import AdaFilter, _PairedConv2d, binary_gate, filters_that_vary
 from tlgates.train import TrainConfig, fit
-
-
-def one_step(model, x, y, lr=0.1):
-    model.train()
-    opt = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
-    loss = sum(model.loss_terms(x, y).values())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
-def trained(source, batch, steps=3, **params):
-    """An AdaFilter whose fine-tuned weights (and BN statistics) differ from the source's."""
-    torch.manual_seed(0)
-    model = build_method("adafilter", source, 3, **params)
-    for _ in range(steps):
-        one_step(model, *batch)
-    return model
 
 
 def test_gated_layers_of_the_tiny_resnet(source):
@@ -107,8 +88,8 @@ def test_gumbel_gates_are_random_in_training_and_deterministic_in_evaluation():
     assert binary_gate(ev, training=False).tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
-def test_evaluation_decision_is_the_threshold_at_one_half(source, batch):
-    model = trained(source, batch).eval()
+def test_evaluation_decision_is_the_threshold_at_one_half(source, batch, trained):
+    model = trained("adafilter").eval()
     model(batch[0])
     first = {k: v.clone() for k, v in model.last_decisions.items()}
     model(batch[0])
@@ -133,8 +114,8 @@ def test_paired_convolution_matches_two_convolutions_and_its_gradients():
                                     (x, w_ft))
 
 
-def test_all_pretrained_reproduces_the_source_network(source, batch):
-    model = trained(source, batch)
+def test_all_pretrained_reproduces_the_source_network(source, batch, trained):
+    model = trained("adafilter")
     x = batch[0]
     assert not torch.equal(model.finetuned.blocks[0].conv1.weight,
                            source.blocks[0].conv1.weight)
@@ -147,8 +128,8 @@ def test_all_pretrained_reproduces_the_source_network(source, batch):
         assert all(g.eq(0).all() for g in model.last_decisions.values())
 
 
-def test_all_finetuned_reproduces_a_plainly_finetuned_copy(source, batch):
-    model = trained(source, batch)
+def test_all_finetuned_reproduces_a_plainly_finetuned_copy(source, batch, trained):
+    model = trained("adafilter")
     plain = build_method("finetune", source, 3)
     plain.backbone.load_state_dict(model.finetuned.state_dict())
     plain.head.load_state_dict(model.head.state_dict())
@@ -329,12 +310,12 @@ def test_usage_and_agreement_tables_follow_their_definitions():
     assert agreement.loc["b", "same class"] == 1.0 and agreement.loc["b", "different classes"] == 0
 
 
-def test_plots_return_figures(source, batch):
+def test_plots_return_figures(source, batch, trained):
     from matplotlib.figure import Figure
 
     from tlgates.plotting import adafilter as plots
     from tlgates.train import evaluate
-    model = trained(source, batch)
+    model = trained("adafilter")
     data = TensorDataset(*batch)
     evaluation = evaluate(model, data)
     names = model.layer_names

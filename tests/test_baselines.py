@@ -6,20 +6,11 @@ from tlgates.methods import METHODS, Frozen, Param, build_method, get_method
 from tlgates.train import TrainConfig, fit
 
 
-def one_step(model, x, y, lr=0.1):
-    model.train()
-    opt = torch.optim.SGD(model.param_groups(lr), lr=lr)
-    loss = sum(model.loss_terms(x, y).values())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-
-
 def test_baselines_are_registered():
     assert {"scratch", "linear", "finetune", "l2", "l2sp"} <= set(METHODS)
 
 
-def test_methods_never_modify_the_source(source, batch):
+def test_methods_never_modify_the_source(source, batch, one_step):
     before = {k: v.clone() for k, v in source.state_dict().items()}
     for name in ("scratch", "linear", "finetune", "l2", "l2sp"):
         one_step(build_method(name, source, 3), *batch)
@@ -27,14 +18,14 @@ def test_methods_never_modify_the_source(source, batch):
         torch.testing.assert_close(value, before[key], msg=key)
 
 
-def test_l2sp_is_zero_at_start_and_positive_after_a_step(source, batch):
+def test_l2sp_is_zero_at_start_and_positive_after_a_step(source, batch, one_step):
     model = build_method("l2sp", source, 3, alpha=1.0)
     assert model.starting_point_penalty().item() == 0.0
     one_step(model, *batch)
     assert model.starting_point_penalty().item() > 0.0
 
 
-def test_l2sp_penalty_matches_its_formula(source, batch):
+def test_l2sp_penalty_matches_its_formula(source, batch, one_step):
     model = build_method("l2sp", source, 3, alpha=0.5, beta=0.2)
     one_step(model, *batch)
     expected = sum(((p - q) ** 2).sum() for p, q in
@@ -45,7 +36,7 @@ def test_l2sp_penalty_matches_its_formula(source, batch):
     torch.testing.assert_close(terms["head_l2"], 0.1 * model.head.weight.pow(2).sum())
 
 
-def test_linear_probe_leaves_the_backbone_unchanged(source, batch):
+def test_linear_probe_leaves_the_backbone_unchanged(source, batch, one_step):
     model = build_method("linear", source, 3)
     assert isinstance(model.backbone, Frozen)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -112,7 +103,7 @@ def test_frozen_copy_keeps_source_statistics_unless_asked(source, batch):
 
     block = source.blocks[0]
     frozen, trainable = frozen_and_trainable(block)
-    parent = torch.nn.ModuleList([frozen, trainable]).train()
+    torch.nn.ModuleList([frozen, trainable]).train()  # a parent module switches to training
     assert not frozen.training and trainable.training
     assert all(not p.requires_grad for p in frozen.parameters())
     assert all(p.requires_grad for p in trainable.parameters())
@@ -124,7 +115,7 @@ def test_frozen_copy_keeps_source_statistics_unless_asked(source, batch):
     torch.testing.assert_close(frozen(x), block(x))  # the source block in eval mode
 
     batch_mode, _ = frozen_and_trainable(block, batchnorm="batch")
-    parent = torch.nn.ModuleList([batch_mode]).train()
+    torch.nn.ModuleList([batch_mode]).train()  # a parent module switches to training
     assert batch_mode.training
     batch_mode(x)
     assert not torch.equal(batch_mode.module.bn1.running_mean, block.bn1.running_mean)

@@ -34,16 +34,6 @@ def data():
     return TensorDataset(x, torch.arange(24) % 3)
 
 
-def one_step(model, x, y, lr=0.1):
-    model.train()
-    opt = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
-    loss = sum(model.loss_terms(x, y).values())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
 # ----------------------------------------------------------------------------- the regularizer
 
 
@@ -229,7 +219,7 @@ def test_omega_is_zero_for_identical_networks_in_the_same_mode(source, data):
     assert mixed.loss_terms(x, y)["delta"].item() > 0
 
 
-def test_omega_is_positive_after_a_step_and_the_source_stays_put(source, data):
+def test_omega_is_positive_after_a_step_and_the_source_stays_put(source, data, one_step):
     x, y = data.tensors[0][:8], data.tensors[1][:8]
     original = {k: v.clone() for k, v in source.state_dict().items()}
     model = build_method("delta", source, 3, alpha=1.0)

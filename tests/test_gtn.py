@@ -18,16 +18,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def one_step(model, x, y, lr=0.1):
-    model.train()
-    opt = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
-    loss = sum(model.loss_terms(x, y).values())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
 def test_gates_lie_strictly_between_zero_and_one(source, batch):
     model = build_method("gtn", source, 3)
     model.eval()
@@ -69,7 +59,7 @@ def _finetune_and_gtn_with_same_weights(source, **gtn_params):
     return finetune, gtn
 
 
-def test_gate_off_and_no_aux_is_plain_finetuning(source, batch):
+def test_gate_off_and_no_aux_is_plain_finetuning(source, batch, one_step):
     finetune, gtn = _finetune_and_gtn_with_same_weights(source)
     assert gtn.gate is None and gtn.aux_head is None
     finetune.train(), gtn.train()
@@ -97,7 +87,7 @@ def test_gate_forced_to_one_equals_finetuning(source, batch):
     torch.testing.assert_close(gated.loss_terms(*batch)["ce"], finetune.loss_terms(*batch)["ce"])
 
 
-def test_aux_head_changes_training_but_not_evaluation(source, batch):
+def test_aux_head_changes_training_but_not_evaluation(source, batch, one_step):
     torch.manual_seed(0)
     with_aux = build_method("gtn", source, 3, aux_weight=0.2, dropout=0.0, warmup_epochs=0)
     without = build_method("gtn", source, 3, aux_weight=0.0, dropout=0.0, warmup_epochs=0)
@@ -134,7 +124,7 @@ def test_aux_head_reuses_the_forward_pass(source, batch):
     assert len(calls) == 1
 
 
-def test_warmup_freezes_backbone_weights_and_batchnorm_statistics(source):
+def test_warmup_freezes_backbone_weights_and_batchnorm_statistics(source, one_step):
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.rand(24, 3, 32, 32, generator=g), torch.arange(24) % 3)
     model = build_method("gtn", source, 3, warmup_epochs=2)
@@ -166,7 +156,7 @@ def test_warmup_schedule_and_train_mode(source):
         assert all(p.requires_grad is not frozen for p in model.backbone.parameters())
 
 
-def test_source_is_never_modified(source, batch):
+def test_source_is_never_modified(source, batch, one_step):
     before = {k: v.clone() for k, v in source.state_dict().items()}
     for overrides in ABLATION.values():
         one_step(build_method("gtn", source, 3, warmup_epochs=0, **overrides), *batch)

@@ -11,26 +11,8 @@ from tlgates.methods.spottune import SpotTune
 from tlgates.train import TrainConfig, evaluate, fit
 
 
-def one_step(model, x, y, lr=0.1):
-    model.train()
-    opt = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
-    loss = sum(model.loss_terms(x, y).values())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
-def trained(source, batch, steps=3, **params):
-    torch.manual_seed(0)
-    model = build_method("spottune", source, 3, **params)
-    for _ in range(steps):
-        one_step(model, *batch)
-    return model
-
-
-def test_decisions_are_one_hot_in_training_and_evaluation(source, batch):
-    model = trained(source, batch)
+def test_decisions_are_one_hot_in_training_and_evaluation(source, batch, trained):
+    model = trained("spottune")
     for mode in (True, False):
         model.train(mode)
         logits = model(batch[0])
@@ -69,13 +51,13 @@ def test_standardised_policy_splits_every_batch(source, batch):
     assert decisions.any(dim=0).all() and (~decisions).any(dim=0).all()
 
 
-def test_frozen_path_is_the_source_network(source, batch):
+def test_frozen_path_is_the_source_network(source, batch, trained):
     """All routes on the frozen copy: every block computes what the source block computes."""
     x = batch[0]
     model = build_method("spottune", source, 3).eval()
     # untrained, the stem is the source's too: the whole backbone is the source network
     torch.testing.assert_close(model(x, routes=torch.zeros(4)), model.head(source(x)))
-    model = trained(source, batch, steps=3)
+    model = trained("spottune", steps=3)
     reference = copy.deepcopy(source)
     reference.stem.load_state_dict(model.stem.state_dict())  # the stem is fine-tuned
     for mode in (False, True):
@@ -96,8 +78,8 @@ def test_frozen_path_is_the_source_network(source, batch):
         torch.testing.assert_close(out, source.blocks[l](h))
 
 
-def test_finetuned_path_is_plain_finetuning_with_the_same_weights(source, batch):
-    model = trained(source, batch, steps=3)
+def test_finetuned_path_is_plain_finetuning_with_the_same_weights(source, batch, trained):
+    model = trained("spottune", steps=3)
     finetune = build_method("finetune", source, 3)
     for l, block in enumerate(model.tuned_blocks):
         finetune.backbone.blocks[l].load_state_dict(block.state_dict())
@@ -117,8 +99,8 @@ def test_finetuned_path_is_plain_finetuning_with_the_same_weights(source, batch)
     torch.testing.assert_close(model.stem[0].weight.grad, finetune.backbone.stem[0].weight.grad)
 
 
-def test_evaluation_runs_each_example_through_its_chosen_copy_only(source, batch):
-    model = trained(source, batch).eval()
+def test_evaluation_runs_each_example_through_its_chosen_copy_only(source, batch, trained):
+    model = trained("spottune").eval()
     x = batch[0]
     routes = torch.randint(0, 2, (8, 4), generator=torch.Generator().manual_seed(3)).float()
     together = model(x, routes=routes)
@@ -167,7 +149,7 @@ def test_policy_network_receives_gradients(source, batch):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_plain_policy_receives_gradients(source, batch):
+def test_plain_policy_receives_gradients(source, batch, one_step):
     model = build_method("spottune", source, 3, usage_weight=0.0, policy_norm="none").train()
     torch.manual_seed(0)
     sum(model.loss_terms(*batch).values()).backward()
@@ -181,9 +163,9 @@ def test_plain_policy_receives_gradients(source, batch):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_evaluation_is_deterministic_unless_sampling_is_asked_for(source, batch):
+def test_evaluation_is_deterministic_unless_sampling_is_asked_for(source, batch, trained):
     data = TensorDataset(*batch)
-    model = trained(source, batch)
+    model = trained("spottune")
     first, second = evaluate(model, data), evaluate(model, data)
     assert torch.equal(first.decisions["route"], second.decisions["route"])
     assert torch.equal(first.logits, second.logits)
@@ -295,9 +277,9 @@ def test_epoch_record(source, batch):
     assert record["distinct_routes"] == 2
 
 
-def test_source_is_never_modified(source, batch):
+def test_source_is_never_modified(source, batch, trained):
     before = copy.deepcopy(source.state_dict())
-    trained(source, batch, frozen_bn="batch", global_weight=0.5)
+    trained("spottune", frozen_bn="batch", global_weight=0.5)
     for key, value in source.state_dict().items():
         assert torch.equal(value, before[key]), key
 

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import FROZEN_BATCHNORM, Frozen, Param, TransferModel, \
+from tlgates.methods.base import FROZEN_BATCHNORM, Param, TransferModel, \
     frozen_and_trainable, register
 
 

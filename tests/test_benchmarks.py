@@ -1,0 +1,27 @@
+"""The benchmark scripts run end to end (one short round each) and report against a target."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+QUICK = ["--rounds", "1", "--steps", "1", "--batch-size", "4", "--threads", "1"]
+SCRIPTS = {
+    "bench_gtn.py": [],
+    "bench_spottune.py": [],
+    "bench_adafilter.py": [],
+    "bench_ptu.py": ["--hidden", "8"],
+    # the real source model would be trained first; a random ResNet-18 on tiny images is quick
+    "bench_delta.py": ["--arch", "resnet18", "--size", "16", "--examples", "2", "--repeats", "1"],
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_script_runs_and_reports(repo_root, script):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, repo_root / "benchmarks" / script, *QUICK,
+                             *SCRIPTS[script]], capture_output=True, text=True, env=env,
+                            cwd=repo_root, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ratio to finetune" in result.stdout
+    assert "× a fine-tuning step:" in result.stdout and "× target." in result.stdout
