@@ -40,6 +40,7 @@ NOTEBOOKS = [
     "03_spottune.ipynb",
     "04_adafilter.ipynb",
     "05_ptu.ipynb",
+    "06_comparison.ipynb",
 ]
 
 KERNEL_IDLE_TIMEOUT_MS = 120_000  # kernel start (the first import of torch is slow)

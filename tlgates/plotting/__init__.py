@@ -81,7 +81,7 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, *, title: str = "") -> Figure:
 def plot_method_bars(frame: pd.DataFrame, *, title: str = "") -> Figure:
     """Test accuracy per method as bars with std over seeds (one labels-per-class value)."""
     data = frame.assign(accuracy=100 * frame["accuracy"])
-    fig = Figure(figsize=(6, 3.2))
+    fig = Figure(figsize=(max(6.0, 0.8 * data["method"].nunique()), 3.2))
     ax = fig.subplots()
     sns.barplot(data=data, x="method", y="accuracy", errorbar="sd", ax=ax, capsize=0.2,
                 hue="method", legend=False)
