@@ -78,7 +78,8 @@ def test_stop_ends_training_early_without_a_result_row(dash):
         dash.stop_button.click()
 
     dash._on_epoch = stop_after_first_epoch
-    result = dash.run()
+    with pytest.warns(UserWarning, match="training stopped after 1 complete epoch"):
+        result = dash.run()
     assert result.histories[0].interrupted and len(result.histories[0]) == 1
     assert dash.results == [] and "Stopped early after 1 epoch" in dash.status.value
 
