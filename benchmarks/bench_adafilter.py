@@ -95,8 +95,6 @@ def main() -> None:
         "frozen_bn=batch (no folding)": build_method("adafilter", source, args.classes,
                                                      frozen_bn="batch"),
     }
-    for model in models.values():
-        model.to(device)
     x, y = random_batch(args, device)
     table = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
     report(table, setting(args, device), args.rounds, row="adafilter", label="AdaFilter",

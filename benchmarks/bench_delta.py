@@ -105,8 +105,6 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> None:
               "fml2": build_method("fml2", source, num_classes),
               "delta": build_method("delta", source, num_classes)}
     models["delta"].on_fit_start(data)
-    for model in models.values():
-        model.to(device)
     table = step_times(models, *random_batch(args, device, num_classes), rounds=args.rounds,
                        steps=args.steps)
     print()

@@ -35,8 +35,6 @@ def main() -> None:
     warmup = build_method("gtn", source, args.classes)
     warmup.freeze_backbone(True)
     models["GTN warm-up (backbone frozen)"] = warmup
-    for model in models.values():
-        model.to(device)
     table = step_times(models, *random_batch(args, device), rounds=args.rounds,
                        steps=args.steps)
     report(table, setting(args, device), args.rounds, row="GTN", label="GTN",

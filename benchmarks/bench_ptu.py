@@ -68,8 +68,6 @@ def main() -> None:
     rnn_label = f"RNN (row LSTM, {args.hidden} hidden units, {args.size} rows)"
     tables = {}
     for label, models in ((cnn_label, cnn), (rnn_label, rnn)):
-        for model in models.values():
-            model.to(device)
         with forced_gates(constant, 0.5, 0.5):  # the gate layers are skipped
             tables[label] = step_times(models, x, y, rounds=args.rounds, steps=args.steps)
     report(tables[cnn_label], setting(args, device, cnn_label), args.rounds, row="ptu",

@@ -72,8 +72,6 @@ def main() -> None:
         "spottune, frozen weights with gradients": wasteful,
         "policy network alone": PolicyAlone(build_method("spottune", source, args.classes)),
     }
-    for model in models.values():
-        model.to(device)
     table = step_times(models, *random_batch(args, device), rounds=args.rounds,
                        steps=args.steps)
     report(table, setting(args, device), args.rounds, row="spottune", label="SpotTune",

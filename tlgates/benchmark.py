@@ -24,15 +24,15 @@ def step_times(models: dict[str, TransferModel], x: torch.Tensor, y: torch.Tenso
                baseline: str = "finetune") -> pd.DataFrame:
     """Median seconds per training step of each model, and its ratio to ``baseline``'s.
 
-    Each model trains with its own parameter groups (SGD, lr 0.01) on the batch ``(x, y)``;
-    one round times ``steps`` steps of every model in turn.
+    Each model is moved to the batch's device and trains with its own parameter groups (SGD,
+    lr 0.01) on the batch ``(x, y)``; one round times ``steps`` steps of every model in turn.
     """
     if baseline not in models:
         raise ValueError(f"baseline must be one of the models ({', '.join(models)}), "
                          f"got {baseline!r}")
     optimizers = {}
     for name, model in models.items():
-        model.train()
+        model.to(x.device).train()
         optimizers[name] = torch.optim.SGD(model.param_groups(0.01), lr=0.01, momentum=0.9)
         for _ in range(warmup):
             training_step(model, optimizers[name], x, y)
