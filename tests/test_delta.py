@@ -305,11 +305,13 @@ def test_alpha_zero_trains_exactly_like_finetuning(source, data, baseline, param
     assert not torch.equal(regularised.head.weight, reference.head.weight)
 
 
-def test_omega_is_recorded_per_epoch(source, data):
+@pytest.mark.parametrize("with_val", [True, False])
+def test_omega_is_recorded_per_epoch(source, data, with_val):
+    """Ω comes from the training steps, so it is recorded with or without a validation set."""
     seed_everything(0)
     model = build_method("delta", source, 3, alpha=0.5)
-    history = fit(model, data, data, TrainConfig(epochs=3, batch_size=8), device="cpu",
-                  progress=False)
+    history = fit(model, data, data if with_val else None, TrainConfig(epochs=3, batch_size=8),
+                  device="cpu", progress=False)
     frame = history.frame()
     for column in ("delta", "head_l2", "omega", "omega_layers"):
         assert column in frame, column

@@ -75,8 +75,9 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
     Every argument is checked before any training starts. ``seeds`` is a count (seeds
     0..n−1) or an explicit list. The result keeps the last seed's model and task for
     inspection. ``on_epoch`` and ``should_stop`` are passed to :func:`~tlgates.train.fit`.
-    ``curves=False`` skips the per-epoch validation pass (validation accuracy and the method's
-    records), which is about half the cost of a 5-shot run, when only test accuracy matters.
+    ``curves=False`` skips the per-epoch validation pass (validation accuracy and the records
+    gathered on it), which is about half the cost of a 5-shot run, when only test accuracy
+    matters; records from the training steps (DELTA's Ω) are kept.
     """
     spec = get_method(method)
     values = spec.check(params or {})

@@ -3,7 +3,8 @@
 ``fit`` trains any :class:`~tlgates.methods.TransferModel` on a data set. It minimises the sum
 of the model's ``loss_terms``, takes its ``param_groups`` (SGD with momentum and a one-cycle
 schedule by default), evaluates on a validation set each epoch and stores the model's
-``epoch_record`` (gate statistics) in the :class:`History`.
+``epoch_record`` (gate statistics on that set) and ``training_record`` (what the training steps
+gathered, such as DELTA's Ω) in the :class:`History`.
 """
 from __future__ import annotations
 
@@ -61,9 +62,10 @@ class History:
     """What happened during ``fit``: one row per completed epoch.
 
     Each row holds ``epoch``, ``loss`` and every loss term (means over the epoch), ``lr``,
-    ``seconds`` (cumulative), ``val_acc`` when a validation set was given, and whatever the
-    model's ``epoch_record`` returned. ``interrupted`` is true when training stopped early
-    (KeyboardInterrupt or a stop request); the rows then cover the completed epochs only.
+    ``seconds`` (cumulative), whatever the model's ``training_record`` returned, and, when a
+    validation set was given, ``val_acc`` and whatever the model's ``epoch_record`` returned.
+    ``interrupted`` is true when training stopped early (KeyboardInterrupt or a stop request);
+    the rows then cover the completed epochs only.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -227,6 +229,7 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update({name: total / len(loader) for name, total in sums.items()})
             row["lr"] = optimizer.param_groups[-1]["lr"]
+            row.update(model.training_record())
             if val is not None:
                 result = evaluate(model, val, batch_size=config.eval_batch_size, device=device)
                 row["val_acc"] = result.accuracy

@@ -10,7 +10,9 @@ asks the model for
 - ``on_fit_start(train)``: what is computed once from the training set (DELTA's attention);
 - ``on_epoch_start(epoch, num_epochs)``: schedules such as GTN's warm-up;
 - ``last_decisions``: what the last forward pass decided per example (gates, routes), which the
-  loop gathers over the evaluation set and hands to ``epoch_record`` for per-epoch records.
+  loop gathers over the evaluation set and hands to ``epoch_record`` for per-epoch records;
+- ``training_record()``: per-epoch records gathered during the training steps themselves
+  (DELTA's Ω), kept with or without an evaluation set.
 """
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ class TransferModel(nn.Module):
     def epoch_record(self, decisions: dict[str, torch.Tensor],
                      y: torch.Tensor) -> dict[str, Any]:
         """Per-epoch summary of the decisions gathered over the evaluation set."""
+        return {}
+
+    def training_record(self) -> dict[str, Any]:
+        """Per-epoch summary of what the epoch's training steps gathered (called after the
+        last step of every epoch, whether or not the loop evaluates)."""
         return {}
 
 

@@ -531,8 +531,7 @@ class DELTA(FineTune):
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self._omega_sum, self._omega_steps = None, 0
 
-    def epoch_record(self, decisions: dict[str, torch.Tensor],
-                     y: torch.Tensor) -> dict[str, Any]:
+    def training_record(self) -> dict[str, Any]:
         """Ω (without α) averaged over the epoch's training steps: ``omega`` and, per layer,
         ``omega_layers``. Nothing when α = 0 (no source pass is run then)."""
         if self._omega_sum is None:
