@@ -22,12 +22,6 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def source():
-    torch.manual_seed(0)
-    return tiny_resnet(width=4).eval()
-
-
-@pytest.fixture
 def data():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(24, 3, 32, 32, generator=g)
