@@ -3,8 +3,10 @@
 Examples::
 
     python -m tlgates methods
+    python -m tlgates methods --deviations
     python -m tlgates run finetune --shots 5 --seeds 3
     python -m tlgates run l2sp --set alpha=0.5 --json
+    python -m tlgates run spottune --preset paper
 
 Bad arguments exit with status 2 and one line naming the argument and what is allowed.
 """
@@ -17,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from tlgates.data import TARGETS, load_target
-from tlgates.experiment import run_method
-from tlgates.methods import METHODS, get_method
+from tlgates.experiment import deviation_frame, run_method
+from tlgates.methods import METHODS, PRESETS, get_method
 from tlgates.train import TrainConfig
 
 
@@ -41,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = _Parser(prog="python -m tlgates", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands.add_parser("methods", help="list the methods and their hyperparameters")
+    listing = commands.add_parser("methods", help="list the methods and their hyperparameters")
+    listing.add_argument("--deviations", action="store_true",
+                         help="for each method, how tlgates differs from the paper and its "
+                              "official code")
     run = commands.add_parser("run", help="train a method over seeds; print test accuracy")
     run.add_argument("method", help="a method name (see `python -m tlgates methods`)")
     run.add_argument("--target", default="digits",
@@ -52,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1)")
+    run.add_argument("--preset", choices=PRESETS, default="tlgates",
+                     help="recipe: tlgates' defaults, or the paper's (official code's) value of "
+                          "every switchable deviation (default tlgates)")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="a method hyperparameter; repeat for several")
     run.add_argument("--json", action="store_true",
@@ -66,6 +74,15 @@ def _list_methods() -> None:
         print(f"{spec.name:10s} {spec.summary}{paper}")
         for name, param in spec.params.items():
             print(f"{'':12s}--set {name}={param.default}  {param.help} ({param.allowed()})")
+
+
+def _list_deviations() -> None:
+    for spec in METHODS.values():
+        rows = spec.deviation_table()
+        if not rows:
+            continue
+        print(f"\n{spec.name}  [{spec.paper or 'baseline'}]")
+        print(deviation_frame(spec.name).to_string(index=False, max_colwidth=60))
 
 
 # The first word of a library error names a keyword argument; say it as the command line does.
@@ -85,7 +102,7 @@ def _check(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
         raise ValueError(f"seeds must be ≥ 1, got {args.seeds}")
     load_target(args.target, shots=args.shots, seed=0)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
-    params = spec.check(_parse_set(args.set))
+    params = spec.check(_parse_set(args.set), args.preset)
     return config, params
 
 
@@ -93,14 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "methods":
-        _list_methods()
+        _list_deviations() if args.deviations else _list_methods()
         return 0
     try:
         config, params = _check(args)
     except (ValueError, FileNotFoundError) as err:
         parser.error(_as_flag(err))
     result = run_method(args.method, target=args.target, shots=args.shots, seeds=args.seeds,
-                        config=config, params=params, progress=not args.quiet)
+                        config=config, params=params, preset=args.preset,
+                        progress=not args.quiet)
     for seed, accuracy in zip(result.seeds, result.accuracies):
         print(f"seed {seed}: test accuracy {accuracy:.1%}", file=sys.stderr if args.json
               else sys.stdout)

@@ -10,7 +10,8 @@ Every notebook builds its dashboard the same way::
 
 A control's name says where its value goes: a :class:`~tlgates.train.TrainConfig` field
 (``epochs``, ``lr``, ``batch_size``), a run setting (``shots``, ``seeds``, ``target``,
-``method``), or one of the method's own hyperparameters. *Train* runs in a background thread
+``method``, ``preset``: the recipe, see :func:`recipe_control`), or one of the method's own
+hyperparameters. *Train* runs in a background thread
 so that *Stop* stays responsive; :meth:`Dashboard.run` does the same work synchronously (for
 scripts, tests and notebook cells). Each run adds a row to the results table, which keeps the
 earlier runs.
@@ -34,7 +35,7 @@ from tlgates.plotting import plot_history
 from tlgates.source import SourceModel
 from tlgates.train import History, TrainConfig
 
-RUN_SETTINGS = ("method", "shots", "seeds", "target")
+RUN_SETTINGS = ("method", "shots", "seeds", "target", "preset")
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -43,8 +44,9 @@ def split_controls(values: dict[str, Any], method: str) -> dict[str, Any]:
 
     Returns a dict with ``method`` (a ``"method"`` value overrides the argument), the run
     settings present, ``config`` (a :class:`TrainConfig`) and ``params`` (the method's
-    hyperparameters, checked). A hyperparameter of another registered method is ignored, so
-    one dashboard can switch between methods; any other name raises a ``ValueError``.
+    hyperparameters: the recipe's, updated with the control values, checked). A
+    hyperparameter of another registered method is ignored, so one dashboard can switch
+    between methods; any other name raises a ``ValueError``.
     """
     method = values.get("method", method)
     spec = get_method(method)
@@ -62,8 +64,27 @@ def split_controls(values: dict[str, Any], method: str) -> dict[str, Any]:
             raise ValueError(f"control {name!r} is not a setting of {method!r}; "
                              f"allowed: {', '.join(allowed)}")
     run["config"] = TrainConfig(**config)
-    run["params"] = spec.check(params)
+    run["params"] = spec.check(params, run.get("preset", "tlgates"))
     return run
+
+
+def recipe_control(value: str = "tlgates") -> widgets.Dropdown:
+    """The *recipe* menu of every paper's dashboard (control name ``"preset"``): tlgates'
+    defaults, or the paper's / official code's value of every switchable deviation."""
+    return widgets.Dropdown(options=[("tlgates", "tlgates"), ("paper", "paper")],
+                            value=value, description="recipe")
+
+
+def result_row(values: dict[str, Any], result: RunResult) -> dict[str, Any]:
+    """A results-table row: the settings that applied to this run, its test accuracy and, over
+    several seeds, the standard deviation ("—" for one seed: there is none)."""
+    spec = get_method(result.method)
+    row = {name: value for name, value in values.items()
+           if name in RUN_SETTINGS or name in CONFIG_FIELDS or name in spec.params}
+    row["test accuracy %"] = round(100 * result.mean, 1)
+    row["± std"] = round(100 * result.std, 1) if len(result.accuracies) > 1 else "—"
+    row["seconds"] = round(result.seconds, 1)
+    return row
 
 
 def _figure_output(fig: Figure) -> dict[str, Any]:
@@ -103,6 +124,8 @@ class Dashboard(widgets.VBox):
             if hasattr(widget, "continuous_update"):
                 widget.continuous_update = False
             widget.style = {"description_width": "120px"}
+        if "preset" in self.controls:
+            self.controls["preset"].observe(self._apply_recipe, names="value")
         self.train_button = widgets.Button(description="Train", button_style="primary",
                                            icon="play")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
@@ -123,6 +146,14 @@ class Dashboard(widgets.VBox):
             self.view,
         ])
         self.add_class("tlgates-dashboard")
+
+    def _apply_recipe(self, change: dict[str, Any]) -> None:
+        """A new recipe moves every hyperparameter control to that recipe's value."""
+        method = self.controls["method"].value if "method" in self.controls else self.method
+        recipe = get_method(method).defaults(change["new"])
+        for name, widget in self.controls.items():
+            if name in recipe:
+                widget.value = recipe[name]
 
     def values(self) -> dict[str, Any]:
         """The current value of every control."""
@@ -163,9 +194,7 @@ class Dashboard(widgets.VBox):
             self.train_button.disabled, self.stop_button.disabled = False, True
         self.last_result = result
         if result.accuracies:
-            self.results.append({**values, "test accuracy %": round(100 * result.mean, 1),
-                                 "± std": round(100 * result.std, 1),
-                                 "seconds": round(result.seconds, 1)})
+            self.results.append(result_row(values, result))
             self._show_table()
             if self.view_fn is not None:
                 self.view.outputs = (_figure_output(self.view_fn(result)),)
@@ -183,6 +212,6 @@ class Dashboard(widgets.VBox):
         self.curves.outputs = (_figure_output(fig),)
 
     def _show_table(self) -> None:
-        frame = pd.DataFrame(self.results)
+        frame = pd.DataFrame(self.results).fillna("—")  # "—": not a setting of that run's method
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="run")
         self.table.outputs = (_html_output(frame.to_html(), frame.to_string()),)

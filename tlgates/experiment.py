@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tlgates.data import TargetTask, load_target
-from tlgates.methods import TransferModel, build_method, get_method
-from tlgates.source import SourceModel, source_model
+from tlgates.methods import TransferModel, get_method
+from tlgates.source import SourceModel, source_model, source_network
 from tlgates.train import History, TrainConfig, evaluate, fit, seed_everything
 
 
@@ -32,6 +32,7 @@ class RunResult:
     accuracies: list[float]
     seconds: float
     params: dict[str, Any]
+    preset: str = "tlgates"
     histories: list[History] = field(default_factory=list, repr=False)
     model: TransferModel | None = field(default=None, repr=False)  # the last seed's model
     task: TargetTask | None = field(default=None, repr=False)  # the last seed's task
@@ -53,7 +54,8 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "target": self.target, "shots": self.shots,
                 "seeds": self.seeds, "accuracies": self.accuracies, "mean": self.mean,
-                "std": self.std, "seconds": self.seconds, "params": self.params}
+                "std": self.std, "seconds": self.seconds, "preset": self.preset,
+                "params": self.params}
 
 
 def _seed_list(seeds: int | Iterable[int]) -> list[int]:
@@ -66,29 +68,34 @@ def _seed_list(seeds: int | Iterable[int]) -> list[int]:
 
 def run_method(method: str, *, target: str = "digits", shots: int = 5,
                seeds: int | Iterable[int] = 3, config: TrainConfig = TrainConfig(),
-               params: dict[str, Any] | None = None, source: SourceModel | None = None,
-               progress: bool = True, on_epoch: Callable[[History], None] | None = None,
+               params: dict[str, Any] | None = None, preset: str = "tlgates",
+               source: SourceModel | None = None, progress: bool = True,
+               on_epoch: Callable[[History], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
                curves: bool = True) -> RunResult:
     """Train ``method`` on ``target`` with ``shots`` labels per class, once per seed.
 
-    Every argument is checked before any training starts. ``seeds`` is a count (seeds
-    0..n−1) or an explicit list. The result keeps the last seed's model and task for
-    inspection. ``on_epoch`` and ``should_stop`` are passed to :func:`~tlgates.train.fit`.
-    ``curves=False`` skips the per-epoch validation pass (validation accuracy and the records
-    gathered on it), which is about half the cost of a 5-shot run, when only test accuracy
-    matters; records from the training steps (DELTA's Ω) are kept.
+    ``params`` override the hyperparameters of the recipe ``preset`` (``"tlgates"``, the
+    defaults, or ``"paper"``: see ``MethodSpec.deviation_table``). ``source`` is the glyph
+    source model (loaded when ``None``); a method on another kind of source network (the row
+    LSTM of ``ptu-rnn``) loads its own. Every argument is checked before any training starts.
+    ``seeds`` is a count (seeds 0..n−1) or an explicit list. The result keeps the last seed's
+    model and task for inspection. ``on_epoch`` and ``should_stop`` are passed to
+    :func:`~tlgates.train.fit`. ``curves=False`` skips the per-epoch validation pass
+    (validation accuracy and the records gathered on it), which is about half the cost of a
+    5-shot run, when only test accuracy matters; records from the training steps (DELTA's Ω)
+    are kept.
     """
     spec = get_method(method)
-    values = spec.check(params or {})
+    values = spec.check(params or {}, preset)
     seed_values = _seed_list(seeds)
     tasks = [load_target(target, shots=shots, seed=seed) for seed in seed_values]
-    source = source if source is not None else source_model(progress=progress)
-    result = RunResult(method, target, shots, seed_values, [], 0.0, values)
+    network = source_network(spec.source, source, progress=progress)
+    result = RunResult(method, target, shots, seed_values, [], 0.0, values, preset)
     start = time.perf_counter()
     for seed, task in zip(seed_values, tasks):
         seed_everything(seed)
-        model = build_method(method, source.backbone, task.num_classes, **values)
+        model = spec.build(network, task.num_classes, **values)
         val = task.val if curves else None
         history = fit(model, task.train, val, config, seed=seed, progress=progress,
                       on_epoch=on_epoch, should_stop=should_stop)
@@ -103,7 +110,7 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
 
 def compare(methods: Sequence[str], *, target: str = "digits", shots: Sequence[int] = (5,),
             seeds: int | Iterable[int] = 3, config: TrainConfig = TrainConfig(),
-            params: dict[str, dict[str, Any]] | None = None,
+            params: dict[str, dict[str, Any]] | None = None, preset: str = "tlgates",
             source: SourceModel | None = None, progress: bool = True) -> pd.DataFrame:
     """Test accuracy of each method for each labels-per-class value and seed (long format).
 
@@ -119,7 +126,8 @@ def compare(methods: Sequence[str], *, target: str = "digits", shots: Sequence[i
     for k, name in bar:
         bar.set_postfix_str(f"{name}, {k} per class")
         result = run_method(name, target=target, shots=k, seeds=seed_values, config=config,
-                            params=(params or {}).get(name), source=source, progress=False,
+                            params=(params or {}).get(name), preset=preset, source=source,
+                            progress=False,
                             curves=False)
         per_seed = result.seconds / len(result.seeds)
         rows += [{"method": name, "shots": k, "seed": s, "accuracy": a, "seconds": per_seed}
@@ -132,6 +140,16 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     grouped = frame.groupby(["method", "shots"], sort=False)["accuracy"]
     table = grouped.agg(["mean", "std", "count"]).mul([100, 100, 1]).round(1)
     return table.rename(columns={"mean": "accuracy %", "std": "± std", "count": "seeds"})
+
+
+def deviation_frame(method: str) -> pd.DataFrame:
+    """How ``method`` differs from its paper and official code, one row per difference:
+    ``setting``, ``tlgates``, ``paper`` (the paper's or official code's way), ``origin`` (where
+    that comes from), ``switch`` (the hyperparameter that selects it, or "—") and ``why``."""
+    rows = [{"setting": d.setting, "tlgates": d.ours, "paper": d.paper, "origin": d.origin,
+             "switch": d.switch or "—", "why": d.why}
+            for d in get_method(method).deviation_table()]
+    return pd.DataFrame(rows, columns=["setting", "tlgates", "paper", "origin", "switch", "why"])
 
 
 def device_name() -> str:

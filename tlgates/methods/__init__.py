@@ -6,13 +6,14 @@ import importlib
 import pkgutil
 
 from tlgates.methods.base import (
-    METHODS, Classifier, Frozen, MethodSpec, Param, TransferModel, build_method,
-    frozen_and_trainable, get_method, register,
+    METHODS, ORIGINS, PRESETS, Classifier, Deviation, Frozen, MethodSpec, Param, TransferModel,
+    build_method, frozen_and_trainable, get_method, register,
 )
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "Classifier", "Frozen", "MethodSpec", "Param", "TransferModel",
-           "build_method", "frozen_and_trainable", "get_method", "register"]
+__all__ = ["METHODS", "ORIGINS", "PRESETS", "Classifier", "Deviation", "Frozen", "MethodSpec",
+           "Param", "TransferModel", "build_method", "frozen_and_trainable", "get_method",
+           "register"]

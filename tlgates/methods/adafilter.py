@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import FROZEN_BATCHNORM, Frozen, Param, TransferModel, \
+from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Frozen, Param, TransferModel, \
     frozen_and_trainable, register
 
 ESTIMATORS = ("straight-through", "gumbel")
@@ -455,8 +455,35 @@ def filters_that_vary(gates: torch.Tensor) -> torch.Tensor:
     return gates.amax(dim=0) != gates.amin(dim=0)
 
 
+_NOT_STATED = "not stated in the paper; no public code"
+
+
 @register("adafilter", "per-example, per-filter choice between pre-trained and "
           "fine-tuned filters, gated by an LSTM over layers", paper="arXiv 1911.09659",
+          deviations=[
+              Deviation("gate network's maps", "per-layer linear P_l (C_in → hidden) and Q_l "
+                        "(hidden → C_out) around one shared LSTM cell", _NOT_STATED,
+                        "layers differ in width; the LSTM is shared as the paper says",
+                        "reconstruction"),
+              Deviation("binary gate estimator", "straight-through threshold at 0.5 (option: "
+                        "Gumbel-sigmoid noise)", "a straight-through style estimator",
+                        "the simplest estimator with exact 0/1 forward values",
+                        "reconstruction"),
+              Deviation("pre-trained path's BatchNorm", "frozen with the source statistics "
+                        "(frozen_bn=eval)", "gated batch norm: one BN per path; whether the "
+                        "pre-trained path's BN trains is not stated", "the pre-trained path "
+                        "stays the source network exactly", "reconstruction"),
+              Deviation("gate inputs", "not detached: the gate gradient reaches the "
+                        "activations it reads", _NOT_STATED, "end-to-end, as the paper's "
+                        "differentiable optimisation", "reconstruction"),
+              Deviation("what is gated", "every convolution followed by a BatchNorm, the "
+                        "stem's and the projection shortcuts included", "the convolutional "
+                        "filters of the network", "one rule for every architecture",
+                        "reconstruction"),
+              Deviation("every default value", "hidden 32, τ 1, gate lr 0.05, no usage "
+                        "penalty", _NOT_STATED, "chosen on the validation split",
+                        "reconstruction"),
+          ],
           hidden=Param(32, "LSTM hidden size", low=1, high=1024),
           gate_input=Param("raw", "what the gate LSTM reads: raw or standardized pooled "
                            "activations", choices=GATE_INPUTS),

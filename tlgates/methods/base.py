@@ -17,7 +17,7 @@ asks the model for
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,11 +122,22 @@ class Classifier(TransferModel):
 # ----------------------------------------------------------------------------- registry
 
 
+#: Where the paper's side of a deviation comes from.
+ORIGINS = ("official code", "paper", "reconstruction")
+#: The training recipes every method can be built with (see :meth:`MethodSpec.check`).
+PRESETS = ("tlgates", "paper")
+#: The pre-trained networks a builder can take: the glyph CNN backbone, or the row LSTM.
+SOURCE_KINDS = ("backbone", "row-lstm")
+
+
 @dataclass(frozen=True)
 class Param:
     """A method hyperparameter: its default, its allowed values and a one-line help.
 
-    Numbers are checked against ``[low, high]``; strings against ``choices``.
+    Numbers are checked against ``[low, high]``; strings against ``choices``. Where the paper
+    or its official code used another value, ``paper`` holds it (what the ``"paper"`` preset
+    selects), ``origin`` says where it comes from (one of :data:`ORIGINS`) and ``why`` why
+    tlgates' default differs.
     """
 
     default: float | int | bool | str
@@ -134,6 +145,16 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] | None = None
+    paper: float | int | bool | str | None = None
+    origin: str = ""
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.paper is not None:
+            if self.origin not in ORIGINS or not self.why:
+                raise ValueError(f"a Param with a paper value needs origin (one of "
+                                 f"{', '.join(ORIGINS)}) and why, got {self.origin!r}")
+            self.parse("paper", self.paper)
 
     def parse(self, name: str, value: Any) -> Any:
         """Convert ``value`` (maybe a string from the command line) and check it."""
@@ -169,42 +190,87 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """A way in which tlgates differs from the paper or its official code.
+
+    ``switch`` names the hyperparameter that selects the paper's way (the ``"paper"`` preset
+    does); ``None`` when there is no switch (``why`` says why not).
+    """
+
+    setting: str
+    ours: str
+    paper: str
+    why: str
+    origin: str
+    switch: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {', '.join(ORIGINS)}, got {self.origin!r}")
+
+
+@dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its builder, its hyperparameters and where it comes from."""
+    """A registered method: its builder, its hyperparameters and where it comes from.
+
+    ``deviations`` lists the differences from the paper that no hyperparameter switches;
+    :meth:`deviation_table` adds those that one does. ``source`` names the pre-trained network
+    the builder takes (one of :data:`SOURCE_KINDS`; ``tlgates.source.source_network`` loads it).
+    """
 
     name: str
     summary: str
     build: Callable[..., TransferModel]
     params: dict[str, Param] = field(default_factory=dict)
     paper: str = ""
+    deviations: tuple[Deviation, ...] = ()
+    source: str = "backbone"
 
-    def defaults(self) -> dict[str, Any]:
-        return {name: p.default for name, p in self.params.items()}
+    def defaults(self, preset: str = "tlgates") -> dict[str, Any]:
+        """The hyperparameters of a recipe: tlgates' defaults, or the paper's where known."""
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        return {name: p.paper if preset == "paper" and p.paper is not None else p.default
+                for name, p in self.params.items()}
 
-    def check(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Defaults updated with ``overrides``, each checked; unknown names raise."""
+    def check(self, overrides: dict[str, Any], preset: str = "tlgates") -> dict[str, Any]:
+        """The ``preset``'s values updated with ``overrides``, each checked; unknown names
+        raise."""
         unknown = sorted(set(overrides) - set(self.params))
         if unknown:
             allowed = ", ".join(self.params) or "none"
             raise ValueError(f"unknown hyperparameter {unknown[0]!r} for method {self.name!r}; "
                              f"allowed: {allowed}")
-        values = self.defaults()
+        values = self.defaults(preset)
         values.update({k: self.params[k].parse(k, v) for k, v in overrides.items()})
         return values
+
+    def deviation_table(self) -> list[Deviation]:
+        """Every known difference from the paper: switchable ones first, then the others."""
+        switchable = [Deviation(name, str(p.default), str(p.paper), p.why, p.origin, name)
+                      for name, p in self.params.items() if p.paper is not None]
+        return switchable + list(self.deviations)
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, summary: str, paper: str = "",
-             **params: Param) -> Callable[[Callable[..., TransferModel]],
+def register(name: str, summary: str, paper: str = "", deviations: Sequence[Deviation] = (),
+             source: str = "backbone", **params: Param) -> Callable[[Callable[..., TransferModel]],
                                           Callable[..., TransferModel]]:
-    """Register ``build(source, num_classes, **params) -> TransferModel`` as method ``name``."""
+    """Register ``build(source, num_classes, **params) -> TransferModel`` as method ``name``.
+
+    ``deviations``: the differences from the paper that no hyperparameter switches;
+    ``source``: the kind of pre-trained network ``build`` takes (:data:`SOURCE_KINDS`).
+    """
+    if source not in SOURCE_KINDS:
+        raise ValueError(f"source must be one of {', '.join(SOURCE_KINDS)}, got {source!r}")
 
     def decorator(build: Callable[..., TransferModel]) -> Callable[..., TransferModel]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(name, summary, build, dict(params), paper)
+        METHODS[name] = MethodSpec(name, summary, build, dict(params), paper,
+                                   tuple(deviations), source)
         return build
 
     return decorator
@@ -217,11 +283,13 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def build_method(name: str, source: Backbone, num_classes: int,
+def build_method(name: str, source: Backbone, num_classes: int, *, preset: str = "tlgates",
                  **overrides: Any) -> TransferModel:
     """Build method ``name`` for a ``num_classes`` task from the ``source`` backbone.
 
-    The source backbone is never modified: builders copy what they train.
+    ``preset`` picks the recipe the ``overrides`` start from: ``"tlgates"`` (the defaults) or
+    ``"paper"`` (the paper's or official code's value of every switchable deviation). The
+    source backbone is never modified: builders copy what they train.
     """
     spec = get_method(name)
-    return spec.build(source, num_classes, **spec.check(overrides))
+    return spec.build(source, num_classes, **spec.check(overrides, preset))

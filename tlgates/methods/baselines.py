@@ -7,12 +7,15 @@
 - ``l2``: fine-tuning with weight decay, ``λ/2·‖w‖²`` (pulls weights towards zero).
 - ``l2sp``: L2-SP (Li, Grandvalet & Davoine, arXiv 1802.01483), ``α/2·‖w − w⁰‖²`` on the
   pre-trained weights plus ``β/2·‖w_head‖²`` on the new head, with no weight decay on top.
+  Like TLlib and DELTA's code we include BatchNorm's scale and shift in ``w`` by default; the
+  authors regularise the weights only (``bn_in_penalty=False``, the ``"paper"`` preset).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import nn
 
 from tlgates.backbones import Backbone
 from tlgates.methods.base import Classifier, Param, register
@@ -71,19 +74,28 @@ class L2SP(FineTune):
     """L2-SP: ``CE + α/2·‖w − w⁰‖² + β/2·‖w_head‖²`` (arXiv 1802.01483, eq. 4).
 
     ``w⁰`` are the pre-trained backbone parameters (kept as non-persistent buffers), ``w`` the
-    fine-tuned ones; the new head's weight matrix is decayed towards zero.
+    fine-tuned ones; the new head's weight matrix is decayed towards zero. ``bn_in_penalty``:
+    whether BatchNorm's scale and shift count in ``w`` (the authors': weights only).
     """
 
     def __init__(self, source: Backbone, num_classes: int, alpha: float, beta: float,
-                 backbone_lr_scale: float = 1.0):
+                 backbone_lr_scale: float = 1.0, bn_in_penalty: bool = True):
         super().__init__(source, num_classes, backbone_lr_scale)
         self.alpha, self.beta = alpha, beta
-        for i, p in enumerate(self.backbone.parameters()):
-            self.register_buffer(f"_w0_{i}", p.detach().clone(), persistent=False)
+        norm_params = {id(p) for m in self.backbone.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                       for p in m.parameters(recurse=False)}
+        self.anchored = [name for name, p in self.backbone.named_parameters()
+                         if bn_in_penalty or id(p) not in norm_params]
+        params = dict(self.backbone.named_parameters())
+        for i, name in enumerate(self.anchored):
+            self.register_buffer(f"_w0_{i}", params[name].detach().clone(), persistent=False)
 
     def starting_point_penalty(self) -> torch.Tensor:
-        """``½·‖w − w⁰‖²`` summed over every backbone parameter (one fused op per list)."""
-        params = list(self.backbone.parameters())
+        """``½·‖w − w⁰‖²`` summed over the anchored backbone parameters (one fused op per
+        list)."""
+        named = dict(self.backbone.named_parameters())
+        params = [named[name] for name in self.anchored]
         anchors = [getattr(self, f"_w0_{i}") for i in range(len(params))]
         diffs = torch._foreach_sub(params, anchors)
         return 0.5 * torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
@@ -99,7 +111,11 @@ class L2SP(FineTune):
           paper="arXiv 1802.01483",
           alpha=Param(0.1, "strength α of α/2·‖w − w⁰‖²", low=0.0, high=100.0),
           beta=Param(0.01, "strength β of β/2·‖w_head‖²", low=0.0, high=100.0),
-          backbone_lr_scale=_LR_SCALE)
+          backbone_lr_scale=_LR_SCALE,
+          bn_in_penalty=Param(True, "BatchNorm scale and shift count in w (false: weights only)",
+                              paper=False, origin="official code",
+                              why="TLlib and DELTA's code regularise them too; the authors' "
+                                  "code regularises the weights only"))
 def build_l2sp(source: Backbone, num_classes: int, alpha: float, beta: float,
-               backbone_lr_scale: float) -> L2SP:
-    return L2SP(source, num_classes, alpha, beta, backbone_lr_scale)
+               backbone_lr_scale: float, bn_in_penalty: bool) -> L2SP:
+    return L2SP(source, num_classes, alpha, beta, backbone_lr_scale, bn_in_penalty)

@@ -26,18 +26,29 @@ standardised within the layer (``z = (Δ − mean Δ) / std Δ``),
 so the weights of a layer are positive and sum to ``C_l``; all ones is feature-map L2 without
 attention (the ablation, method ``fml2``).
 
-Choices where the paper is silent or where we differ from the official code:
+Choices where the paper is silent or where we differ from the official code (each switch
+below is a hyperparameter, and the ``"paper"`` preset selects the official code's way):
 
 - Ω is a *mean* over the batch, like the cross-entropy it is added to, so that α does not
-  depend on the batch size. The official code sums over the batch and halves (``0.5·Σ_b``), so
-  its α acts B/2 times more strongly: ``α_ours = α_official · B / 2``.
-- The channel whose importance is measured is zeroed in the stage output, the very feature map
-  that Ω compares (the official code zeroes the filter of a named convolution instead).
+  depend on the batch size (``batch_reduction="mean"``). The official code sums over the batch
+  and halves (``0.5·Σ_b``, ``"sum"``), so its α acts B/2 times more strongly:
+  ``α_ours = α_official · B / 2``.
+- The regularised maps are the block outputs at the stage ends (``feature_point="block"``);
+  the official code hooks the last convolution of each stage's last block, *before* its
+  BatchNorm and the residual add (``"conv"``). The channel whose importance is measured is
+  zeroed at the same point, the very feature map that Ω compares (at ``"conv"``, zeroing the
+  output channel of a bias-free convolution is zeroing its filter, as the official code does).
+- The head penalty is on the weight matrix; the official code includes the bias
+  (``head_bias``). Its feature-map ablation (``fml2``) has no ``1/(H·W)`` (``area_norm``).
 - The head for the attention is an L2-regularised logistic regression on the pooled source
-  features, fitted to convergence with L-BFGS from zero (deterministic, no random numbers).
+  features, fitted to convergence with L-BFGS from zero on the whole training set
+  (deterministic, no random numbers); the official code trains the head for 10 epochs with
+  SGD and zeroes filters over 4 batches.
 - The frozen source copy's BatchNorm is ``"batch"`` by default: in training it normalises with
   the batch statistics, as the fine-tuned network does, so Ω is zero before the first step;
-  ``"eval"`` uses the source statistics (as TLlib's example does).
+  its running statistics never change, so the reference stays the pre-trained network.
+  ``"eval"`` uses the source statistics, as the official code (``model_source.eval()``) and
+  TLlib's example do.
 
 Fast channel attention: the naive recipe runs the whole network once per channel and batch
 (:func:`channel_loss_rises_naive`). :func:`channel_loss_rises` keeps each stage's output from one
@@ -53,6 +64,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +74,29 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import FROZEN_BATCHNORM, Frozen, Param, register
+from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Frozen, Param, register
 from tlgates.methods.baselines import FineTune
 from tlgates.paths import data_dir
 
 CACHE_VERSION = 1
+#: How Ω is reduced over the batch: our mean, or the official code's ``0.5·Σ_b``.
+BATCH_REDUCTIONS = ("mean", "sum")
+
+
+@contextmanager
+def batch_statistics(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, every BatchNorm of ``module`` normalises with the batch statistics
+    and leaves its running statistics (and their counter) untouched."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    if enabled:
+        for m in norms:
+            m.training, m.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved):
+            m.training, m.track_running_stats = training, track
 
 
 # ----------------------------------------------------------------------------- the regularizer
@@ -81,6 +111,8 @@ class FeatureMapRegularization(nn.Module):
     Args:
         channel_weights: one non-negative tensor ``(C_l,)`` per layer (kept as buffers; replace
             them with :meth:`set_weights`). All ones: feature-map L2 without attention.
+        area_norm: divide each channel's squared distance by ``H_l·W_l`` (false: the sum over
+            pixels, as the official code's feature-map L2 ablation).
 
     Inputs: ``source_maps`` and ``target_maps``, lists of ``(B, C_l, H_l, W_l)`` tensors, one per
     layer in the order of the weights. No gradient flows into ``source_maps``.
@@ -89,8 +121,9 @@ class FeatureMapRegularization(nn.Module):
     every example and layer; :meth:`spatial` → one ``(B, H_l, W_l)`` map per layer.
     """
 
-    def __init__(self, channel_weights: Sequence[torch.Tensor]):
+    def __init__(self, channel_weights: Sequence[torch.Tensor], area_norm: bool = True):
         super().__init__()
+        self.area_norm = area_norm
         self.num_layers = len(channel_weights)
         if self.num_layers == 0:
             raise ValueError("channel_weights must hold one tensor per regularised layer")
@@ -128,12 +161,14 @@ class FeatureMapRegularization(nn.Module):
 
     def distances(self, source_maps: Sequence[torch.Tensor],
                   target_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``(B, L)``: ``Σ_c w_{l,c} ‖FM^t_{l,c} − sg(FM^s_{l,c})‖² / (H_l W_l)`` per example."""
+        """``(B, L)``: ``Σ_c w_{l,c} ‖FM^t_{l,c} − sg(FM^s_{l,c})‖² / (H_l W_l)`` per example
+        (without the division when ``area_norm`` is false)."""
         self._check(source_maps, target_maps)
         per_layer = []
+        reduce = torch.mean if self.area_norm else torch.sum
         for s, t, w in zip(source_maps, target_maps, self.channel_weights):
             diff = t - s.detach()
-            per_layer.append((diff * diff).mean(dim=(2, 3)) @ w)  # d·d: faster than d²
+            per_layer.append(reduce(diff * diff, dim=(2, 3)) @ w)  # d·d: faster than d²
         return torch.stack(per_layer, dim=1)
 
     def forward(self, source_maps: Sequence[torch.Tensor],
@@ -168,15 +203,53 @@ def check_blocks(backbone: Backbone, blocks: Sequence[int] | None = None) -> lis
     return sorted(blocks)
 
 
-def stage_maps(backbone: Backbone, x: torch.Tensor, blocks: Sequence[int]) -> list[torch.Tensor]:
-    """The outputs of ``backbone.blocks[b]`` for ``b`` in ``blocks``; stops after the last."""
-    wanted, maps = set(blocks), {}
-    h = backbone.stem(x)
-    for i, block in enumerate(backbone.blocks[: max(blocks) + 1]):
-        h = block(h)
-        if i in wanted:
-            maps[i] = h
-    return [maps[b] for b in blocks]
+#: Where the regularised feature maps are read: a block's output, or the output of the last
+#: convolution of its residual branch (before its BatchNorm and the residual add).
+FEATURE_POINTS = ("block", "conv")
+
+
+def regularized_module(backbone: Backbone, block: int, point: str = "block") -> nn.Module:
+    """The module whose output is the feature map of ``block`` at ``point``."""
+    if point not in FEATURE_POINTS:
+        raise ValueError(f"feature_point must be one of {', '.join(FEATURE_POINTS)}, "
+                         f"got {point!r}")
+    module = backbone.blocks[block]
+    if point == "block":
+        return module
+    conv = getattr(module, "conv3", None) or getattr(module, "conv2", None)
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"feature_point='conv' needs residual blocks with conv2 (or conv3) "
+                         f"as their last convolution; block {block} is {type(module).__name__}")
+    return conv
+
+
+@contextmanager
+def captured_outputs(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, the list holds the latest output of each module (hooks removed
+    after)."""
+    outputs: list[torch.Tensor] = [torch.empty(0)] * len(modules)
+
+    def hook(i: int) -> Any:
+        return lambda module, inputs, out: outputs.__setitem__(i, out)
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def stage_maps(backbone: Backbone, x: torch.Tensor, blocks: Sequence[int],
+               point: str = "block") -> list[torch.Tensor]:
+    """The feature maps of ``backbone.blocks[b]`` at ``point`` for ``b`` in ``blocks``; stops
+    after the last of them."""
+    modules = [regularized_module(backbone, b, point) for b in blocks]
+    with captured_outputs(modules) as maps:
+        h = backbone.stem(x)
+        for block in backbone.blocks[: max(blocks) + 1]:
+            h = block(h)
+    return list(maps)
 
 
 def _run_from(backbone: Backbone, start: int, h: torch.Tensor) -> torch.Tensor:
@@ -228,17 +301,28 @@ def fit_probe(features: torch.Tensor, y: torch.Tensor, num_classes: int, *,
     return head.requires_grad_(False)
 
 
+def _zeroed(out: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """Stacked copies ``(K·B, C, H, W)`` of a batch with channel ``channels[k]`` zeroed in
+    copy ``k``."""
+    out = out.view(len(channels), -1, *out.shape[1:]).clone()
+    out[torch.arange(len(channels), device=out.device), :, channels] = 0
+    return out.flatten(0, 1)
+
+
 @torch.no_grad()
 def channel_loss_rises(backbone: Backbone, head: nn.Module, train: Dataset,
-                       blocks: Sequence[int], *, batch_size: int = 256,
+                       blocks: Sequence[int], *, point: str = "block", batch_size: int = 256,
                        max_examples: int | None = None,
                        chunk_elements: int = 2 ** 20) -> tuple[list[torch.Tensor], float]:
-    """Mean rise of ``CE(head(backbone(x)), y)`` when one channel of a stage output is zeroed.
+    """Mean rise of ``CE(head(backbone(x)), y)`` when one channel of a stage's feature map
+    (at ``point``, see :func:`regularized_module`) is zeroed.
 
-    The fast recipe: one pass keeps the output of every block in ``blocks``; for block ``b``,
-    stacked copies of its output, each with one channel zeroed, run through the blocks after
-    ``b`` only, as many channels per pass as ``chunk_elements`` allows (the copies' total
-    number of elements). BatchNorm must be in eval mode (per-example computation).
+    The fast recipe: one pass keeps the output of every block in ``blocks`` (or, at
+    ``"conv"``, its input); for block ``b``, stacked copies of it, each with one channel
+    zeroed, run through the rest of the network only (at ``"conv"``: block ``b`` itself, a
+    hook zeroing the channel of its last convolution, then the rest), as many channels per pass
+    as ``chunk_elements`` allows (the copies' total number of elements). BatchNorm must be in
+    eval mode (per-example computation).
 
     Returns the rises (one float64 ``(C_l,)`` tensor per block, on the CPU) and the base loss.
     """
@@ -246,20 +330,29 @@ def channel_loss_rises(backbone: Backbone, head: nn.Module, train: Dataset,
     sums = [torch.zeros(backbone.block_channels[b], dtype=torch.float64) for b in blocks]
     total, base_sum = 0, 0.0
     for x, y in _batches(train, batch_size, max_examples, device):
-        h, maps = backbone.stem(x), []
+        h, kept = backbone.stem(x), []
         for i, block in enumerate(backbone.blocks):
+            if i in blocks and point == "conv":
+                kept.append(h)
             h = block(h)
-            if i in blocks:
-                maps.append(h)
+            if i in blocks and point == "block":
+                kept.append(h)
         base = F.cross_entropy(head(Backbone.pool(h)), y, reduction="none").double()
-        for sum_l, b, fm in zip(sums, blocks, maps):
-            channels = fm.shape[1]
+        for sum_l, b, fm in zip(sums, blocks, kept):
+            channels = len(sum_l)
             per_pass = max(1, min(channels, chunk_elements // fm.numel()))
             for c0 in range(0, channels, per_pass):
                 cs = torch.arange(c0, min(c0 + per_pass, channels), device=device)
-                masked = fm.unsqueeze(0).repeat(len(cs), 1, 1, 1, 1)
-                masked[torch.arange(len(cs), device=device), :, cs] = 0
-                logits = head(_run_from(backbone, b + 1, masked.flatten(0, 1)))
+                copies = fm.unsqueeze(0).expand(len(cs), *fm.shape).flatten(0, 1)
+                if point == "block":
+                    logits = head(_run_from(backbone, b + 1, _zeroed(copies, cs)))
+                else:
+                    handle = regularized_module(backbone, b, point).register_forward_hook(
+                        lambda module, inputs, out, cs=cs: _zeroed(out, cs))
+                    try:
+                        logits = head(_run_from(backbone, b, copies))
+                    finally:
+                        handle.remove()
                 loss = F.cross_entropy(logits, y.repeat(len(cs)), reduction="none")
                 sum_l[c0:c0 + len(cs)] += (loss.double().view(len(cs), -1) - base).sum(1).cpu()
         total += len(x)
@@ -271,11 +364,12 @@ def channel_loss_rises(backbone: Backbone, head: nn.Module, train: Dataset,
 
 @torch.no_grad()
 def channel_loss_rises_naive(backbone: Backbone, head: nn.Module, train: Dataset,
-                             blocks: Sequence[int], *, batch_size: int = 256,
-                             max_examples: int | None = None
+                             blocks: Sequence[int], *, point: str = "block",
+                             batch_size: int = 256, max_examples: int | None = None
                              ) -> tuple[list[torch.Tensor], float]:
     """The same as :func:`channel_loss_rises` the naive way: for every channel of every block
-    in ``blocks``, a forward hook zeroes it and the whole network runs again on the batch."""
+    in ``blocks``, a forward hook zeroes it at ``point`` and the whole network runs again on
+    the batch."""
     device = next(backbone.parameters()).device
     sums = [torch.zeros(backbone.block_channels[b], dtype=torch.float64) for b in blocks]
     total, base_sum = 0, 0.0
@@ -289,7 +383,8 @@ def channel_loss_rises_naive(backbone: Backbone, head: nn.Module, train: Dataset
                     out[:, c] = 0
                     return out
 
-                handle = backbone.blocks[b].register_forward_hook(zero_channel)
+                module = regularized_module(backbone, b, point)
+                handle = module.register_forward_hook(zero_channel)
                 try:
                     loss = F.cross_entropy(head(backbone(x)), y, reduction="none")
                 finally:
@@ -346,11 +441,14 @@ def _update_hash(digest: Any, tensor: torch.Tensor) -> None:
 
 
 def attention_key(backbone: Backbone, train: Dataset, num_classes: int, blocks: Sequence[int],
-                  *, probe_decay: float, max_examples: int | None) -> str:
+                  *, probe_decay: float, max_examples: int | None,
+                  point: str = "block") -> str:
     """A hash of everything the attention depends on: the source weights (and BatchNorm
     statistics), the training examples and labels, and the settings."""
-    digest = hashlib.sha1(repr((CACHE_VERSION, num_classes, list(blocks), probe_decay,
-                                max_examples)).encode())
+    settings = (CACHE_VERSION, num_classes, list(blocks), probe_decay, max_examples)
+    if point != "block":  # the keys of block-point attentions predate the setting
+        settings += (point,)
+    digest = hashlib.sha1(repr(settings).encode())
     for name, tensor in sorted(backbone.state_dict().items()):
         digest.update(name.encode())
         _update_hash(digest, tensor)
@@ -384,9 +482,9 @@ def _load(path: os.PathLike, key: str, backbone: Backbone,
 
 
 def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
-                      blocks: Sequence[int] | None = None, probe_decay: float = 1e-3,
-                      max_examples: int | None = None, cache: bool = True,
-                      fast: bool = True) -> ChannelAttention:
+                      blocks: Sequence[int] | None = None, point: str = "block",
+                      probe_decay: float = 1e-3, max_examples: int | None = None,
+                      cache: bool = True, fast: bool = True) -> ChannelAttention:
     """DELTA's channel attention of the source ``backbone`` for the target task ``train``.
 
     Fits a head on the frozen pooled features (:func:`fit_probe`), then measures each channel's
@@ -398,6 +496,7 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
         train: the target training set (``(x, y)`` pairs).
         num_classes: classes of the target task.
         blocks: the blocks to weigh (default ``stage_ends``).
+        point: where in each block a channel is zeroed (:data:`FEATURE_POINTS`).
         probe_decay: L2 strength on the head's weights (keeps its loss off zero on few shots).
         max_examples: use only the first examples (for large data sets); default all.
         cache: load from / save to ``data_dir()/delta-attention-<key>.pt``, where the key hashes
@@ -405,6 +504,8 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
             recomputed with a warning.
     """
     blocks = check_blocks(backbone, blocks)
+    for b in blocks:
+        regularized_module(backbone, b, point)  # checks the point
     if probe_decay < 0:
         raise ValueError(f"probe_decay must be ≥ 0, got {probe_decay}")
     if max_examples is not None and max_examples < 1:
@@ -412,7 +513,7 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
     path = key = None
     if cache:
         key = attention_key(backbone, train, num_classes, blocks, probe_decay=probe_decay,
-                            max_examples=max_examples)
+                            max_examples=max_examples, point=point)
         path = data_dir() / f"delta-attention-{key}.pt"
         if path.exists():
             loaded = _load(path, key, backbone, blocks)
@@ -429,7 +530,8 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
                              f"[{int(labels.min())}, {int(labels.max())}]")
         head = fit_probe(feats, labels, num_classes, decay=probe_decay)
         rises_fn = channel_loss_rises if fast else channel_loss_rises_naive
-        rises, base = rises_fn(backbone, head, train, blocks, max_examples=max_examples)
+        rises, base = rises_fn(backbone, head, train, blocks, point=point,
+                               max_examples=max_examples)
         result = ChannelAttention(blocks, rises, base, len(labels), time.perf_counter() - start)
     finally:
         backbone.train(was_training)
@@ -451,11 +553,16 @@ class DELTA(FineTune):
         source: the pre-trained backbone (copied twice: a trainable and a frozen copy).
         num_classes: classes of the target task.
         alpha: strength α of Ω (0: fine-tuning plus the head term; no source pass is run).
-        beta: strength β of ``β/2·‖W_head‖²`` (the head's weight matrix, not its bias).
+        beta: strength β of ``β/2·‖W_head‖²`` (the head's weight matrix, and with
+            ``head_bias`` its bias too).
         temperature: T of the attention ``C·softmax(z/T)``; large T → all weights near 1.
         attention: weigh channels by attention (DELTA) or all by 1 (feature-map L2).
-        source_bn: BatchNorm of the frozen copy in training, ``"batch"`` or ``"eval"``
-            (see :class:`~tlgates.methods.base.Frozen`).
+        source_bn: BatchNorm of the frozen copy in training: ``"batch"`` (batch statistics;
+            its running statistics never change) or ``"eval"`` (the source statistics).
+        feature_point: where the maps are read (:data:`FEATURE_POINTS`).
+        batch_reduction: Ω over the batch, ``"mean"`` or ``"sum"`` (the official ``0.5·Σ_b``).
+        area_norm: divide by ``H·W`` (:class:`FeatureMapRegularization`).
+        head_bias: include the head's bias in the head penalty (the official code does).
         blocks: the regularised blocks (default ``source.stage_ends``).
         backbone_lr_scale: backbone learning rate as a fraction of the head's.
 
@@ -466,6 +573,8 @@ class DELTA(FineTune):
 
     def __init__(self, source: Backbone, num_classes: int, *, alpha: float, beta: float,
                  temperature: float = 5.0, attention: bool = True, source_bn: str = "batch",
+                 feature_point: str = "block", batch_reduction: str = "mean",
+                 area_norm: bool = True, head_bias: bool = False,
                  blocks: Sequence[int] | None = None, backbone_lr_scale: float = 1.0):
         blocks = check_blocks(source, blocks)
         for name, value in (("alpha", alpha), ("beta", beta)):
@@ -473,12 +582,21 @@ class DELTA(FineTune):
                 raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        for name, value, allowed in (("source_bn", source_bn, FROZEN_BATCHNORM),
+                                     ("batch_reduction", batch_reduction, BATCH_REDUCTIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        self.point_modules = [regularized_module(source, b, feature_point) for b in blocks]
         super().__init__(source, num_classes, backbone_lr_scale)  # same RNG use as finetune
-        self.source = Frozen(copy.deepcopy(source), source_bn)
+        # The reference never changes: in eval mode it keeps the source statistics, and with
+        # "batch" :meth:`source_maps` normalises with batch statistics without tracking them.
+        self.source = Frozen(copy.deepcopy(source), "eval")
+        self.source_bn, self.feature_point = source_bn, feature_point
+        self.batch_reduction, self.head_bias = batch_reduction, head_bias
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.use_attention, self.blocks = attention, blocks
         self.regularizer = FeatureMapRegularization(
-            [torch.ones(source.block_channels[b]) for b in blocks])
+            [torch.ones(source.block_channels[b]) for b in blocks], area_norm)
         self.attention: ChannelAttention | None = None
         self._omega_sum: torch.Tensor | None = None
         self._omega_steps = 0
@@ -495,12 +613,28 @@ class DELTA(FineTune):
         """Compute (or load) the channel attention for this training set."""
         if self.use_attention:
             self.set_attention(channel_attention(self.source.module, train,
-                                                 self.head.out_features, blocks=self.blocks))
+                                                 self.head.out_features, blocks=self.blocks,
+                                                 point=self.feature_point))
 
     def source_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The frozen source network's maps at the regularised blocks (no gradient)."""
-        with torch.no_grad():
-            return stage_maps(self.source.module, x, self.blocks)
+        """The frozen source network's maps at the regularised blocks (no gradient). In
+        training with ``source_bn="batch"`` its BatchNorm uses the batch statistics and leaves
+        its running statistics as they are."""
+        batch_stats = self.training and self.source_bn == "batch"
+        with torch.no_grad(), batch_statistics(self.source.module, batch_stats):
+            return stage_maps(self.source.module, x, self.blocks, self.feature_point)
+
+    def target_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The fine-tuned network's maps at the regularised blocks and its pooled features,
+        from one pass."""
+        if self.feature_point == "block":
+            maps = self.backbone.feature_maps(x)
+            return [maps[b] for b in self.blocks], Backbone.pool(maps[-1])
+        modules = [regularized_module(self.backbone, b, self.feature_point)
+                   for b in self.blocks]
+        with captured_outputs(modules) as maps:
+            features = self.backbone(x)
+        return list(maps), features
 
     @torch.no_grad()
     def distances(self, x: torch.Tensor) -> torch.Tensor:
@@ -509,23 +643,27 @@ class DELTA(FineTune):
         was_training = self.training
         self.eval()
         try:
-            maps = stage_maps(self.backbone, x, self.blocks)
+            maps = stage_maps(self.backbone, x, self.blocks, self.feature_point)
             return self.regularizer.distances(self.source_maps(x), maps)
         finally:
             self.train(was_training)
 
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """``ce``, ``delta = α·Ω`` (when α > 0) and ``head_l2 = β/2·‖W_head‖²``."""
-        maps = self.backbone.feature_maps(x)
-        terms = {"ce": F.cross_entropy(self.head(Backbone.pool(maps[-1])), y)}
+        maps, features = self.target_maps(x)
+        terms = {"ce": F.cross_entropy(self.head(features), y)}
         if self.alpha > 0:
-            per_layer = self.regularizer.distances(self.source_maps(x),
-                                                   [maps[b] for b in self.blocks]).mean(0)
+            distances = self.regularizer.distances(self.source_maps(x), maps)
+            per_layer = distances.mean(0)  # Ω's record is per example in either reduction
             self._omega_sum = per_layer.detach() + (
                 self._omega_sum if self._omega_sum is not None else 0)
             self._omega_steps += 1
-            terms["delta"] = self.alpha * per_layer.sum()
-        terms["head_l2"] = 0.5 * self.beta * self.head.weight.pow(2).sum()
+            scale = 1.0 if self.batch_reduction == "mean" else 0.5 * len(x)
+            terms["delta"] = self.alpha * scale * per_layer.sum()
+        head = self.head.weight.pow(2).sum()
+        if self.head_bias:
+            head = head + self.head.bias.pow(2).sum()
+        terms["head_l2"] = 0.5 * self.beta * head
         return terms
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
@@ -543,25 +681,53 @@ class DELTA(FineTune):
 _ALPHA = Param(0.01, "strength α of the feature-map term α·Ω (Ω a mean over the batch)",
                low=0.0, high=100.0)
 _BETA = Param(0.01, "strength β of β/2·‖W_head‖²", low=0.0, high=100.0)
-_SOURCE_BN = Param("batch", "BatchNorm of the frozen source copy in training: batch "
-                   "statistics like the target's, or the source's (eval)",
-                   choices=FROZEN_BATCHNORM)
+_SHARED = dict(
+    source_bn=Param("batch", "BatchNorm of the frozen source copy in training: batch "
+                             "statistics like the target's (running statistics kept), or the "
+                             "source's (eval)", choices=FROZEN_BATCHNORM, paper="eval",
+                    origin="official code",
+                    why="both networks normalise alike, so Ω is 0 before the first step"),
+    feature_point=Param("block", "where the maps are read: block output, or the last "
+                                 "convolution's output before its BatchNorm and the residual add",
+                        choices=FEATURE_POINTS, paper="conv", origin="official code",
+                        why="the block output is what the next stage reads, and what the "
+                            "backbone contract gives every architecture"),
+    batch_reduction=Param("mean", "Ω over the batch: mean, or the official 0.5·sum (α then "
+                                  "depends on the batch size)", choices=BATCH_REDUCTIONS,
+                          paper="sum", origin="official code",
+                          why="a mean like the cross-entropy's: α does not depend on the batch "
+                              "size (α_ours = α_official·B/2)"),
+    head_bias=Param(False, "include the head's bias in the head penalty", paper=True,
+                    origin="official code", why="the paper's equation names the weights"),
+)
+_ATTENTION_DEVIATIONS = [
+    Deviation("attention's head", "L-BFGS logistic regression on all training examples",
+              "the new head trained 10 epochs with SGD", "deterministic and exact on few shots",
+              "official code"),
+    Deviation("attention's examples", "the whole training set", "4 batches",
+              "the K-shot training sets are small", "official code"),
+]
+_SCHEDULE = Deviation("training schedule", "the course's loop: SGD, one-cycle to lr 0.05, 30 "
+                      "epochs", "SGD lr 0.01, exponential decay, 6000 iterations, batch 64",
+                      "one loop for every method; the official schedule is for full-size data",
+                      "official code")
 
 
 @register("delta", "DELTA: feature maps kept near the source's, channels weighted by attention",
-          paper="arXiv 1901.09229", alpha=_ALPHA, beta=_BETA,
+          paper="arXiv 1901.09229", deviations=[*_ATTENTION_DEVIATIONS, _SCHEDULE],
+          alpha=_ALPHA, beta=_BETA,
           temperature=Param(5.0, "attention temperature T in C·softmax(z/T)", low=0.01,
                             high=1000.0),
-          source_bn=_SOURCE_BN)
-def build_delta(source: Backbone, num_classes: int, alpha: float, beta: float,
-                temperature: float, source_bn: str) -> DELTA:
-    return DELTA(source, num_classes, alpha=alpha, beta=beta, temperature=temperature,
-                 source_bn=source_bn)
+          **_SHARED)
+def build_delta(source: Backbone, num_classes: int, **params: Any) -> DELTA:
+    return DELTA(source, num_classes, **params)
 
 
 @register("fml2", "feature-map L2: DELTA without attention (every channel weight 1)",
-          paper="arXiv 1901.09229", alpha=_ALPHA, beta=_BETA, source_bn=_SOURCE_BN)
-def build_fml2(source: Backbone, num_classes: int, alpha: float, beta: float,
-               source_bn: str) -> DELTA:
-    return DELTA(source, num_classes, alpha=alpha, beta=beta, attention=False,
-                 source_bn=source_bn)
+          paper="arXiv 1901.09229", deviations=[_SCHEDULE], alpha=_ALPHA, beta=_BETA,
+          area_norm=Param(True, "divide each channel's squared distance by H·W", paper=False,
+                          origin="official code",
+                          why="the same scale as DELTA's Ω, so one α fits both"),
+          **_SHARED)
+def build_fml2(source: Backbone, num_classes: int, **params: Any) -> DELTA:
+    return DELTA(source, num_classes, attention=False, **params)

@@ -15,8 +15,9 @@ layer gives ``a_s`` and a trainable target copy (initialised to the source weigh
 fine-tuning (the layer is the target copy), so the discrete transfer states are corners of a
 continuous gate space; ``(1, 1)`` adds both and ``(0, 0)`` switches the channel off.
 
-There is no public code: this module is our reconstruction of the unit as DESIGN.md §5 states
-it from the paper. Our choices where that statement is silent:
+There is no public code: the gate equation above is our reconstruction from the paper's
+abstract (two gates mixing the source and target activations, with sharing and fine-tuning as
+special cases), not an equation copied from the paper. Our choices where that is silent:
 
 - **Convolutional layers** (:class:`ConvPTU`): one unit per element of the backbone contract,
   the ``stem`` and each residual block. The gates are per example and per channel, computed
@@ -54,14 +55,9 @@ the recurrent network). Plain sharing of the CNN is the registered ``linear`` pr
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
-import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -69,9 +65,8 @@ from torch import nn
 
 from tlgates.backbones import Backbone
 from tlgates.methods.base import (
-    FROZEN_BATCHNORM, Frozen, Param, TransferModel, frozen_and_trainable, register,
+    FROZEN_BATCHNORM, Deviation, Frozen, Param, TransferModel, frozen_and_trainable, register,
 )
-from tlgates.paths import data_dir
 
 TRANSFER_MODES = ("ptu", "finetune", "share")
 
@@ -412,91 +407,6 @@ class RecurrentPTU(TransferModel):
         return record
 
 
-# ----------------------------------------------------------------------------- RNN source
-
-
-@dataclass(frozen=True)
-class RNNSourceConfig:
-    """How the recurrent source model is pretrained on glyphs; every field is in the cache key."""
-
-    hidden: int = 64
-    forget_bias: float = 1.0
-    glyphs_per_class: int = 160
-    epochs: int = 5
-    lr: float = 0.5
-    batch_size: int = 64
-    seed: int = 0
-
-    def key(self) -> str:
-        text = json.dumps({"version": RNN_CACHE_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-RNN_CACHE_VERSION = 1
-
-
-@dataclass
-class RNNSource:
-    """The pretrained :class:`RowLSTM` and how well it reads held-out glyphs."""
-
-    encoder: RowLSTM
-    config: RNNSourceConfig
-    glyph_accuracy: float
-    train_seconds: float
-    from_cache: bool = field(default=False)
-
-    def __repr__(self) -> str:
-        origin = "loaded from cache" if self.from_cache else "trained now"
-        return (f"RNNSource(row LSTM, {self.config.hidden} hidden units, "
-                f"{sum(p.numel() for p in self.encoder.parameters()):,} parameters, "
-                f"{self.glyph_accuracy:.1%} on held-out glyphs, {origin})")
-
-
-def rnn_source_model(config: RNNSourceConfig = RNNSourceConfig(), *, progress: bool = True,
-                     rebuild: bool = False) -> RNNSource:
-    """The row-by-row LSTM pretrained on glyphs, from ``data_dir()`` or trained now (seconds).
-
-    The cache is read with ``torch.load(..., weights_only=True)``; a corrupt or stale file is
-    trained again with a warning.
-    """
-    # Imported here: tlgates.train and tlgates.source import the methods package (this module).
-    from tlgates.data import GLYPH_CLASSES, glyph_dataset
-    from tlgates.train import TrainConfig, evaluate, fit
-
-    path = data_dir() / f"rnn-source-{config.key()}.pt"
-    if path.exists() and not rebuild:
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("config") != asdict(config) or saved.get("version") != RNN_CACHE_VERSION:
-                raise ValueError("it was built with other settings")
-            encoder = RowLSTM(saved["row_size"], config.hidden, config.forget_bias)
-            encoder.load_state_dict(saved["encoder"])
-            return RNNSource(encoder.eval(), config, saved["glyph_accuracy"],
-                             saved["train_seconds"], from_cache=True)
-        except Exception as err:  # any unreadable or mismatched file is rebuilt
-            warnings.warn(f"the cached RNN source model {path} is unusable ({err}); "
-                          "training it again", stacklevel=2)
-    train = glyph_dataset(config.glyphs_per_class, seed=config.seed)
-    held_out = glyph_dataset(20, seed=config.seed + 1)
-    row_size = train.tensors[0].shape[1] * train.tensors[0].shape[3]
-    torch.manual_seed(config.seed)
-    model = RecurrentClassifier(RowLSTM(row_size, config.hidden, config.forget_bias),
-                                len(GLYPH_CLASSES))
-    loop = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
-    start = time.perf_counter()
-    fit(model, train, config=loop, seed=config.seed, device="cpu", progress=progress)
-    seconds = time.perf_counter() - start
-    accuracy = evaluate(model, held_out).accuracy
-    encoder = model.encoder.eval()
-    saved = {"version": RNN_CACHE_VERSION, "config": asdict(config), "row_size": row_size,
-             "encoder": encoder.state_dict(), "glyph_accuracy": accuracy,
-             "train_seconds": seconds}
-    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-    torch.save(saved, tmp)
-    tmp.replace(path)
-    return RNNSource(encoder, config, accuracy, seconds)
-
-
 # ----------------------------------------------------------------------------- registry
 
 _Z_INIT = Param(0.5, "initial z of every gate (r starts at 1 − z): near 1 starts near "
@@ -506,8 +416,27 @@ _TARGET_LR = Param(1.0, "the target copies' learning rate as a fraction of the b
                    low=0.0, high=1.0)
 
 
+_NOT_STATED = "not stated in the abstract; no public code"
+_PTU_DEVIATIONS = [
+    Deviation("gate equation", "z, r = σ(U·[a_s; a_t] + b), h = z ⊙ a_s + r ⊙ a_t",
+              "two gates mixing source and target; (1, 0) sharing, (0, 1) fine-tuning",
+              "the simplest unit with those special cases", "reconstruction"),
+    Deviation("gate initialisation", "U = 0, (z, r) = (z_init, 1 − z_init)", _NOT_STATED,
+              "the network starts exactly as the source", "reconstruction"),
+    Deviation("gate learning rate", "biases at gate_lr_scale × the base lr", _NOT_STATED,
+              "at 1× the gates barely move in a 5-shot run", "reconstruction"),
+]
+
+
 @register("ptu", "Parameter Transfer Unit: learned per-channel mix of a frozen source layer "
                  "and its fine-tuned copy", paper="arXiv 1804.08613",
+          deviations=[*_PTU_DEVIATIONS,
+                      Deviation("CNN gates", "per channel, from the pooled activations",
+                                _NOT_STATED, "one (z, r) point per channel; cheaper than a "
+                                "1×1 convolution per pixel", "reconstruction"),
+                      Deviation("frozen source BatchNorm", "source statistics (batchnorm=eval)",
+                                _NOT_STATED, "the source layer stays the source network",
+                                "reconstruction")],
           z_init=_Z_INIT, gate_lr_scale=Param(100.0, _GATE_LR_HELP, low=0.01, high=1000.0),
           target_lr_scale=_TARGET_LR,
           batchnorm=Param("eval", "BatchNorm of the frozen source layers: source statistics "
@@ -518,18 +447,25 @@ def build_ptu(source: Backbone, num_classes: int, **params: Any) -> PTUNetwork:
 
 
 @register("ptu-rnn", "PTU in an LSTM reading the image row by row (its own glyph-pretrained "
-                     "source LSTM)", paper="arXiv 1804.08613",
+                     "source LSTM)", paper="arXiv 1804.08613", source="row-lstm",
+          deviations=[*_PTU_DEVIATIONS,
+                      Deviation("LSTM cell state", "c = (z ⊙ c_s + r ⊙ c_t) / (z + r)",
+                                _NOT_STATED, "without the normalisation training diverged",
+                                "reconstruction")],
           transfer=Param("ptu", "ptu (learned gates), finetune or share (the corners (0, 1) "
                                 "and (1, 0) as plain networks)", choices=TRANSFER_MODES),
           z_init=_Z_INIT, gate_lr_scale=Param(10.0, _GATE_LR_HELP, low=0.01, high=1000.0),
           target_lr_scale=_TARGET_LR)
-def build_ptu_rnn(source: Backbone | RowLSTM, num_classes: int, *, transfer: str,
+def build_ptu_rnn(source: RowLSTM, num_classes: int, *, transfer: str,
                   **params: Any) -> TransferModel:
-    """The recurrent form. Its source is a :class:`RowLSTM`: ``source`` itself if it is one,
-    otherwise (the CNN backbone that ``run_method`` passes to every method) the glyph-pretrained
-    LSTM of :func:`rnn_source_model` (cached; trained once, in seconds). ``transfer="finetune"``
-    and ``"share"`` ignore the gate hyperparameters (they have no gates)."""
-    encoder = source if isinstance(source, RowLSTM) else rnn_source_model(progress=False).encoder
+    """The recurrent form on a pretrained :class:`RowLSTM` source (``run_method`` passes the
+    glyph-pretrained one, ``tlgates.source.rnn_source_model().encoder``).
+    ``transfer="finetune"`` and ``"share"`` ignore the gate hyperparameters (they have no
+    gates)."""
+    if not isinstance(source, RowLSTM):
+        raise TypeError(f"ptu-rnn needs a RowLSTM source, got {type(source).__name__}; use "
+                        "tlgates.source.rnn_source_model().encoder (run_method does)")
+    encoder = source
     if transfer == "ptu":
         return RecurrentPTU(encoder, num_classes, **params)
     return RecurrentClassifier(encoder, num_classes, freeze=transfer == "share")

@@ -58,8 +58,19 @@ the validation split of the default task (5 seeds), not on its test split.
 Efficiency: in training both copies of every block run on the whole batch (the straight-through
 gradient of ``I_l`` needs both outputs); the frozen copy's weights get no gradients, so its
 backward is the input gradient only. At evaluation each example runs only through the copy it
-chose. The frozen copies' BatchNorm is ``"eval"`` (source statistics) by default, or
-``"batch"`` as in the official code (:class:`~tlgates.methods.base.Frozen`).
+chose.
+
+The frozen copies' BatchNorm (``frozen_bn``): ``"eval"`` (default: source statistics, nothing
+of the copy changes), ``"batch"`` (batch statistics in training, running statistics follow the
+target data; :class:`~tlgates.methods.base.Frozen`), or ``"train"``, the official code's
+"frozen" path: only the convolution weights are frozen, BatchNorm's scale and shift train with
+the fine-tuned blocks and its statistics follow the data. (The official network also trains a
+final BatchNorm after the blocks; the tiny ResNet has none.)
+
+The ``"paper"`` preset selects the official code's choices where they are switches: plain
+policy, no usage target, the agent's learning rate 0.01, sampling at evaluation and the
+``"train"`` frozen path. The SpotTune-Global penalty above is our reading of the paper's text,
+not checked against code (the official repository has no global variant).
 """
 from __future__ import annotations
 
@@ -71,11 +82,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import FROZEN_BATCHNORM, Param, TransferModel, \
+from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Param, TransferModel, \
     frozen_and_trainable, register
 
 
 POLICY_NORMS = ("auto", "batch", "none")
+#: BatchNorm of the frozen copies: the two of :class:`Frozen`, and the official code's "train".
+FROZEN_PATHS = (*FROZEN_BATCHNORM, "train")
 
 
 class PolicyNetwork(nn.Module):
@@ -172,7 +185,7 @@ class SpotTune(TransferModel):
         usage_weight: ``λ_u`` of the usage target (0: off).
         global_weight: ``λ_g`` of the SpotTune-Global penalty (0: off).
         global_blocks: ``k``, the number of blocks SpotTune-Global fine-tunes.
-        frozen_bn: BatchNorm of the frozen copies, ``"eval"`` or ``"batch"``.
+        frozen_bn: BatchNorm of the frozen copies, ``"eval"``, ``"batch"`` or ``"train"``.
         sample_at_eval: sample routes at evaluation too (default: deterministic argmax).
 
     ``last_decisions`` holds ``"route"`` (B×L, 1 = fine-tuned copy) and ``"p_finetune"``
@@ -204,8 +217,8 @@ class SpotTune(TransferModel):
             ("policy_norm", policy_norm, policy_norm in POLICY_NORMS,
              f"must be one of {', '.join(POLICY_NORMS)}"),
             ("policy_scale", policy_scale, policy_scale > 0, "must be > 0"),
-            ("frozen_bn", frozen_bn, frozen_bn in FROZEN_BATCHNORM,
-             f"must be one of {', '.join(FROZEN_BATCHNORM)}"),
+            ("frozen_bn", frozen_bn, frozen_bn in FROZEN_PATHS,
+             f"must be one of {', '.join(FROZEN_PATHS)}"),
         ]
         for name, value, ok, rule in checks:
             if not ok:
@@ -217,8 +230,16 @@ class SpotTune(TransferModel):
         self.global_weight, self.global_blocks = global_weight, global_blocks
         self.sample_at_eval = sample_at_eval
         self.stem = copy.deepcopy(source.stem).requires_grad_(True)
-        pairs = [frozen_and_trainable(block, frozen_bn) for block in source.blocks]
+        pairs = [frozen_and_trainable(block, "batch" if frozen_bn == "train" else frozen_bn)
+                 for block in source.blocks]
         self.frozen_blocks = nn.ModuleList(frozen for frozen, _ in pairs)
+        self.frozen_bn_params: list[nn.Parameter] = []
+        if frozen_bn == "train":  # the official code freezes the convolutions only
+            self.frozen_bn_params = [p for m in self.frozen_blocks.modules()
+                                     if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                     for p in m.parameters(recurse=False)]
+            for p in self.frozen_bn_params:
+                p.requires_grad_(True)
         self.tuned_blocks = nn.ModuleList(tuned for _, tuned in pairs)
         self.head = nn.Linear(source.feature_dim, num_classes)
         in_channels = next(source.stem.parameters()).shape[1]
@@ -279,9 +300,11 @@ class SpotTune(TransferModel):
         return terms
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Stem and fine-tuned blocks, and head, at ``lr``; the policy at ``policy_lr`` with
-        its own weight decay. The frozen copies are in no group (no gradients)."""
-        tuned = list(self.stem.parameters()) + list(self.tuned_blocks.parameters())
+        """Stem and fine-tuned blocks, and head, at ``lr_scale·lr``; the policy at ``policy_lr``
+        with its own weight decay. The frozen copies are in no group (no gradients), except
+        their BatchNorm's scale and shift with ``frozen_bn="train"``, which join the stem's."""
+        tuned = (list(self.stem.parameters()) + list(self.tuned_blocks.parameters())
+                 + self.frozen_bn_params)
         return [{"params": tuned, "lr": lr * self.lr_scale, "weight_decay": 0.0},
                 {"params": list(self.head.parameters()), "lr": lr * self.lr_scale,
                  "weight_decay": 0.0},
@@ -300,30 +323,51 @@ class SpotTune(TransferModel):
 
 
 @register("spottune", "SpotTune: a policy routes each image through frozen or fine-tuned "
-          "blocks", paper="arXiv 1811.08737",
+          "blocks", paper="arXiv 1811.08737", deviations=[
+              Deviation("policy network", "two convolutions on the image pooled to 16 px",
+                        "a small ResNet on the full image", "cheap on a CPU; the policy "
+                        "reads 32 px digits", "official code"),
+              Deviation("main network's learning rate", "lr_scale 0.2 × the loop's",
+                        "the loop's, with step decay", "at the loop's peak 0.05 the mixture "
+                        "of frozen and fine-tuned blocks diverged", "official code"),
+              Deviation("SpotTune-Global penalty", "(Σ_l v_l − k)² + Σ_l H(v_l)",
+                        "the paper's text", "our reading of the paper; no official code",
+                        "reconstruction"),
+          ],
           temperature=Param(5.0, "Gumbel-softmax temperature τ (scales the policy gradient)",
                             low=1e-3, high=100.0),
           lr_scale=Param(0.2, "lr of stem, fine-tuned blocks and head, × the loop's lr",
                          low=0.0, high=1.0),
           policy_lr=Param(0.05, "peak learning rate of the policy network", low=1e-6,
-                          high=10.0),
+                          high=10.0, paper=0.01, origin="official code",
+                          why="chosen on the validation split with the standardised policy"),
           policy_weight_decay=Param(0.001, "weight decay of the policy network", low=0.0,
                                     high=1.0),
           policy_width=Param(8, "channels of the policy's first convolution", low=1, high=256),
           policy_size=Param(16, "side of the downsampled image the policy reads", low=4,
                             high=512),
           policy_norm=Param("auto", "batch: standardised policy margins; none: plain policy; "
-                            "auto: none for SpotTune-Global, else batch", choices=POLICY_NORMS),
+                            "auto: none for SpotTune-Global, else batch", choices=POLICY_NORMS,
+                            paper="none", origin="official code",
+                            why="the plain policy's routes collapsed to one route for all "
+                                "images on the small task"),
           policy_scale=Param(3.0, "spread s of the standardised margins", low=1e-3, high=100.0),
           usage_target=Param(0.5, "target fraction t of images fine-tuning each block",
                              low=0.0, high=1.0),
           usage_weight=Param(1.0, "λ_u of the usage target (0: off)", low=0.0,
-                             high=100.0),
+                             high=100.0, paper=0.0, origin="official code",
+                             why="keeps each block's usage from drifting to all or no images "
+                                 "(ConvNet-AIG's target rate, arXiv 1711.11503)"),
           global_weight=Param(0.0, "λ_g of the SpotTune-Global penalty (0: off)", low=0.0,
                               high=100.0),
           global_blocks=Param(2, "k, blocks SpotTune-Global fine-tunes", low=0, high=1000),
-          frozen_bn=Param("eval", "BatchNorm of the frozen copies (batch: official code)",
-                          choices=FROZEN_BATCHNORM),
-          sample_at_eval=Param(False, "sample routes at evaluation (official code)"))
+          frozen_bn=Param("eval", "BatchNorm of the frozen copies: eval (source statistics), "
+                                  "batch (statistics follow the data) or train (scale and "
+                                  "shift train too)", choices=FROZEN_PATHS, paper="train",
+                          origin="official code",
+                          why="a frozen copy that keeps the source network exactly"),
+          sample_at_eval=Param(False, "sample routes at evaluation (official code)",
+                               paper=True, origin="official code",
+                               why="a deterministic prediction for each image"))
 def build_spottune(source: Backbone, num_classes: int, **params: Any) -> SpotTune:
     return SpotTune(source, num_classes, **params)
