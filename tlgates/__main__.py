@@ -82,7 +82,10 @@ def _list_deviations() -> None:
         if not rows:
             continue
         print(f"\n{spec.name}  [{spec.paper or 'baseline'}]")
-        print(deviation_frame(spec.name).to_string(index=False, max_colwidth=60))
+        for row in deviation_frame(spec.name).itertuples():
+            switch = f"--set {row.switch}={row.paper}" if row.switch != "—" else "no switch"
+            print(f"  {row.setting}: tlgates {row.tlgates} | paper {row.paper}  "
+                  f"[{row.origin}; {switch}]\n      why: {row.why}")
 
 
 # The first word of a library error names a keyword argument; say it as the command line does.

@@ -212,6 +212,7 @@ class Dashboard(widgets.VBox):
         self.curves.outputs = (_figure_output(fig),)
 
     def _show_table(self) -> None:
-        frame = pd.DataFrame(self.results).fillna("—")  # "—": not a setting of that run's method
+        # "—": not a setting of that run's method
+        frame = pd.DataFrame(self.results).astype(object).fillna("—")
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="run")
         self.table.outputs = (_html_output(frame.to_html(), frame.to_string()),)

@@ -47,9 +47,10 @@ class RunResult:
         return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else 0.0
 
     def summary(self) -> str:
-        return (f"{self.method} on {self.target}, {self.shots} per class, "
-                f"{len(self.seeds)} seed(s): {self.mean:.1%} ± {self.std:.1%} "
-                f"({self.seconds:.1f} s)")
+        spread = f" ± {self.std:.1%}" if len(self.accuracies) > 1 else ""
+        recipe = "" if self.preset == "tlgates" else f", {self.preset} recipe"
+        return (f"{self.method} on {self.target}, {self.shots} per class{recipe}, "
+                f"{len(self.seeds)} seed(s): {self.mean:.1%}{spread} ({self.seconds:.1f} s)")
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "target": self.target, "shots": self.shots,

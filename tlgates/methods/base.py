@@ -193,8 +193,10 @@ class Param:
 class Deviation:
     """A way in which tlgates differs from the paper or its official code.
 
-    ``switch`` names the hyperparameter that selects the paper's way (the ``"paper"`` preset
-    does); ``None`` when there is no switch (``why`` says why not).
+    ``switch`` names the hyperparameter that selects the paper's way; ``None`` when there is
+    none. The ``"paper"`` preset takes every switch declared on a :class:`Param` (its
+    ``paper`` value); a deviation registered with a switch is one the preset does not take, and
+    its ``why`` says why.
     """
 
     setting: str

@@ -724,10 +724,15 @@ def build_delta(source: Backbone, num_classes: int, **params: Any) -> DELTA:
 
 
 @register("fml2", "feature-map L2: DELTA without attention (every channel weight 1)",
-          paper="arXiv 1901.09229", deviations=[_SCHEDULE], alpha=_ALPHA, beta=_BETA,
-          area_norm=Param(True, "divide each channel's squared distance by H·W", paper=False,
-                          origin="official code",
-                          why="the same scale as DELTA's Ω, so one α fits both"),
+          paper="arXiv 1901.09229", deviations=[
+              Deviation("area_norm", "True: Σ_c ‖·‖² / (H·W), DELTA's scale",
+                        "False: no 1/(H·W)", "the official ablation's α is not published; with "
+                        "DELTA's α = 0.01 and the official sum over the batch the loss became "
+                        "NaN in the first epoch here, so the paper recipe keeps 1/(H·W)",
+                        "official code", switch="area_norm"),
+              _SCHEDULE], alpha=_ALPHA, beta=_BETA,
+          area_norm=Param(True, "divide each channel's squared distance by H·W (false: the "
+                                "official ablation's sum over pixels)"),
           **_SHARED)
 def build_fml2(source: Backbone, num_classes: int, **params: Any) -> DELTA:
     return DELTA(source, num_classes, attention=False, **params)
