@@ -289,7 +289,7 @@ def test_source_is_never_modified(source, batch, trained):
     ("temperature", -1.0, "temperature"),
     ("policy_lr", 0.0, "policy_lr"),
     ("usage_target", 1.5, "usage_target"),
-    ("frozen_bn", "train", "frozen_bn must be one of eval, batch"),
+    ("frozen_bn", "none", "frozen_bn must be one of eval, batch, train"),
     ("sample_at_eval", "maybe", "sample_at_eval"),
     ("policy_width", 2.5, "policy_width"),
     ("policy_norm", "layer", "policy_norm must be one of auto, batch, none"),
