@@ -231,7 +231,7 @@ def test_bad_hyperparameters_raise_clear_errors(source, name, value, message):
 
 
 def test_direct_construction_and_forcing_errors(source):
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match=r"temperature must be in \[0.01, 100\]"):
         AdaFilter(source, 3, temperature=-1.0)
     with pytest.raises(ValueError, match="frozen_bn must be one of eval, batch"):
         AdaFilter(source, 3, frozen_bn="none")

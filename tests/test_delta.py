@@ -325,9 +325,9 @@ def test_bad_hyperparameters_give_clear_errors(source):
         build_method("fml2", source, 3, source_bn="train")
     with pytest.raises(ValueError, match="unknown hyperparameter 'temperature'"):
         build_method("fml2", source, 3, temperature=2.0)
-    with pytest.raises(ValueError, match="alpha must be a finite number"):
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 100\], got nan"):
         DELTA(source, 3, alpha=float("nan"), beta=0.0)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match=r"temperature must be in \[0.01, 1000\]"):
         DELTA(source, 3, alpha=1.0, beta=0.0, temperature=-1.0)
     with pytest.raises(ValueError, match="blocks must be distinct"):
         DELTA(source, 3, alpha=1.0, beta=0.0, blocks=[1, 1])
