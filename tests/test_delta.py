@@ -161,7 +161,7 @@ def test_channel_attention_is_cached_and_rebuilt_when_corrupt(source, data, cach
         assert (w >= 0).all()
         assert w.sum().item() == pytest.approx(source.block_channels[b], rel=1e-5)
     files[0].write_bytes(b"not a torch file")
-    with pytest.warns(UserWarning, match="unusable"):
+    with pytest.warns(UserWarning, match="is corrupt; computing it again"):
         third = channel_attention(source, data, 3)
     assert not third.from_cache
     torch.testing.assert_close(third.rises, first.rises)

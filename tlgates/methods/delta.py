@@ -60,9 +60,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,6 +72,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tlgates.backbones import Backbone
+from tlgates.cache import load as load_cache
+from tlgates.cache import save as save_cache
 from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Frozen, MethodConfig, \
     hyperparameter, register
 from tlgates.methods.baselines import FineTune
@@ -463,25 +463,6 @@ def attention_key(backbone: Backbone, train: Dataset, num_classes: int, blocks: 
     return digest.hexdigest()[:16]
 
 
-def _load(path: os.PathLike, key: str, backbone: Backbone,
-          blocks: list[int]) -> ChannelAttention | None:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        rises = saved["rises"]
-        if saved.get("version") != CACHE_VERSION or saved.get("key") != key:
-            raise ValueError("it was made for other settings")
-        if saved["blocks"] != blocks or len(rises) != len(blocks) or any(
-                r.shape != (backbone.block_channels[b],) or not torch.isfinite(r).all()
-                for r, b in zip(rises, blocks)):
-            raise ValueError("its shapes do not fit the backbone")
-        return ChannelAttention(blocks, [r.double() for r in rises], float(saved["base_loss"]),
-                                int(saved["examples"]), 0.0, from_cache=True)
-    except Exception as err:  # any unreadable or mismatched file is rebuilt
-        warnings.warn(f"the cached channel attention {path} is unusable ({err}); "
-                      "computing it again", stacklevel=3)
-        return None
-
-
 def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
                       blocks: Sequence[int] | None = None, point: str = "block",
                       probe_decay: float = 1e-3, max_examples: int | None = None,
@@ -516,10 +497,18 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
         key = attention_key(backbone, train, num_classes, blocks, probe_decay=probe_decay,
                             max_examples=max_examples, point=point)
         path = data_dir() / f"delta-attention-{key}.pt"
-        if path.exists():
-            loaded = _load(path, key, backbone, blocks)
-            if loaded is not None:
-                return loaded
+        def matches(saved: dict[str, Any]) -> bool:
+            rises = saved["rises"]
+            return saved["key"] == key and saved["blocks"] == blocks and len(rises) == len(
+                blocks) and all(r.shape == (backbone.block_channels[b],)
+                                and bool(torch.isfinite(r).all()) for r, b in zip(rises, blocks))
+
+        saved = load_cache(path, version=CACHE_VERSION, what="channel attention",
+                           matches=matches, rebuild="computing it again (seconds)")
+        if saved is not None:
+            return ChannelAttention(blocks, [r.double() for r in saved["rises"]],
+                                    float(saved["base_loss"]), int(saved["examples"]), 0.0,
+                                    from_cache=True)
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -537,10 +526,8 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
     finally:
         backbone.train(was_training)
     if path is not None:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"version": CACHE_VERSION, "key": key, "blocks": blocks, "rises": rises,
-                    "base_loss": base, "examples": result.examples}, tmp)
-        tmp.replace(path)
+        save_cache(path, {"key": key, "blocks": blocks, "rises": rises, "base_loss": base,
+                          "examples": result.examples}, version=CACHE_VERSION)
     return result
 
 
