@@ -10,7 +10,8 @@ from torch.utils.data import TensorDataset
 from tlgates.backbones import Backbone, torchvision_resnet
 from tlgates.methods import build_method, get_method
 from tlgates.methods.adafilter import AdaFilter, _PairedConv2d, binary_gate, filters_that_vary
-from tlgates.train import TrainConfig, fit
+from tlgates.plotting import plot_path_accuracies
+from tlgates.train import TrainConfig, fit, path_accuracies
 
 
 def test_gated_layers_of_the_tiny_resnet(source):
@@ -321,8 +322,8 @@ def test_plots_return_figures(source, batch, trained):
     names = model.layer_names
     wiped = plots.evaluate_without_memory(model, data)
     assert "step" not in vars(model.gates)  # the method is restored
-    frame = plots.path_accuracies(model, data)
-    assert list(frame.index) == ["learned gates", "all pre-trained", "all fine-tuned"]
+    frame = path_accuracies(model, data)
+    assert list(frame.index) == ["learned", "all pre-trained", "all fine-tuned"]
     history = fit(model, data, data, TrainConfig(epochs=2, batch_size=8), device="cpu",
                   progress=False).frame()
     figures = [plots.plot_layer_usage(evaluation, names),
@@ -333,5 +334,5 @@ def test_plots_return_figures(source, batch, trained):
                plots.plot_agreement(evaluation, names),
                plots.plot_layer_correlation(evaluation, names),
                plots.plot_memory_ablation(evaluation, wiped, names),
-               plots.plot_path_accuracies(frame)]
+               plot_path_accuracies(frame)]
     assert all(isinstance(f, Figure) for f in figures)

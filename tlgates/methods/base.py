@@ -58,6 +58,13 @@ def varying_share(choices: torch.Tensor) -> float:
     return (choices.std(0) > VARIES).float().mean().item()
 
 
+def per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(num_classes, K)``: the mean of ``values`` ``(N, K)`` over the examples of each class
+    (0 for a class without examples)."""
+    sums = torch.zeros(num_classes, values.shape[1]).index_add_(0, y.cpu(), values.float().cpu())
+    return sums / torch.bincount(y.cpu(), minlength=num_classes).clamp(min=1)[:, None]
+
+
 class TransferModel(nn.Module):
     """Base class of every method's model; ``forward(x)`` returns class logits."""
 

@@ -84,7 +84,7 @@ from torch import nn
 
 from tlgates.backbones import Backbone
 from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, MethodConfig, TransferModel, \
-    frozen_and_trainable, hyperparameter, register, varying_share
+    frozen_and_trainable, hyperparameter, per_class_mean, register, varying_share
 
 
 POLICY_NORMS = ("auto", "batch", "none")
@@ -333,8 +333,7 @@ class SpotTune(TransferModel):
         """Per-block usage (fraction of examples fine-tuning it), per class, distinct routes."""
         route = decisions["route"]
         num_classes = self.head.out_features
-        sums = torch.zeros(num_classes, route.shape[1]).index_add_(0, y, route.float())
-        by_class = sums / torch.bincount(y, minlength=num_classes).clamp(min=1)[:, None]
+        by_class = per_class_mean(route, y, num_classes)
         return {"usage": route.mean(dim=0).tolist(), "usage_by_class": by_class.tolist(),
                 "distinct_routes": len(torch.unique(route, dim=0))}
 
