@@ -10,7 +10,8 @@ from torch.utils.data import TensorDataset
 from tlgates.backbones import Backbone, torchvision_resnet
 from tlgates.methods import build_method, get_method
 from tlgates.methods.adafilter import AdaFilter, _PairedConv2d, binary_gate, filters_that_vary
-from tlgates.train import TrainConfig, fit
+from tlgates.plotting import plot_path_accuracies
+from tlgates.train import TrainConfig, fit, path_accuracies
 
 
 def test_gated_layers_of_the_tiny_resnet(source):
@@ -231,7 +232,7 @@ def test_bad_hyperparameters_raise_clear_errors(source, name, value, message):
 
 
 def test_direct_construction_and_forcing_errors(source):
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match=r"temperature must be in \[0.01, 100\]"):
         AdaFilter(source, 3, temperature=-1.0)
     with pytest.raises(ValueError, match="frozen_bn must be one of eval, batch"):
         AdaFilter(source, 3, frozen_bn="none")
@@ -321,8 +322,8 @@ def test_plots_return_figures(source, batch, trained):
     names = model.layer_names
     wiped = plots.evaluate_without_memory(model, data)
     assert "step" not in vars(model.gates)  # the method is restored
-    frame = plots.path_accuracies(model, data)
-    assert list(frame.index) == ["learned gates", "all pre-trained", "all fine-tuned"]
+    frame = path_accuracies(model, data)
+    assert list(frame.index) == ["learned", "all pre-trained", "all fine-tuned"]
     history = fit(model, data, data, TrainConfig(epochs=2, batch_size=8), device="cpu",
                   progress=False).frame()
     figures = [plots.plot_layer_usage(evaluation, names),
@@ -333,5 +334,5 @@ def test_plots_return_figures(source, batch, trained):
                plots.plot_agreement(evaluation, names),
                plots.plot_layer_correlation(evaluation, names),
                plots.plot_memory_ablation(evaluation, wiped, names),
-               plots.plot_path_accuracies(frame)]
+               plot_path_accuracies(frame)]
     assert all(isinstance(f, Figure) for f in figures)

@@ -106,7 +106,7 @@ def test_glyph_cache_damaged_is_rebuilt(cache_dir: Path, damage: str) -> None:
     else:
         cached = torch.load(path, weights_only=True)
         if damage == "other format":
-            cached["format"] = -1
+            cached["version"] = -1
         else:
             cached["fonts"] = ["SomeOtherFont.ttf"]
         torch.save(cached, path)
@@ -114,7 +114,7 @@ def test_glyph_cache_damaged_is_rebuilt(cache_dir: Path, damage: str) -> None:
         rebuilt = glyph_dataset(2, seed=4).tensors[0]
     assert torch.equal(rebuilt, X)
     cached = torch.load(path, weights_only=True)  # the file is valid again
-    assert cached["format"] == data._GLYPH_FORMAT and torch.equal(
+    assert cached["version"] == data._GLYPH_FORMAT and torch.equal(
         cached["pixels"], (X[:, 0] * 255).round().to(torch.uint8))
 
 

@@ -414,7 +414,7 @@ def test_rnn_source_model_is_cached_and_rebuilt_when_corrupt(tmp_path, monkeypat
     torch.testing.assert_close(second.encoder(x), first.encoder(x))
     (path,) = tmp_path.glob("rnn-source-*.pt")
     path.write_bytes(b"not a checkpoint")
-    with pytest.warns(UserWarning, match="unusable") as warned:
+    with pytest.warns(UserWarning, match="is corrupt; training it again") as warned:
         third = rnn_source_model(config, progress=False)
     assert not third.from_cache
     message = str(warned[0].message)  # one line of ours, not torch's unpickling advice

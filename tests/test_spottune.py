@@ -301,7 +301,7 @@ def test_bad_hyperparameters_raise_clear_errors(source, name, value, message):
 
 
 def test_direct_construction_and_unknown_option_errors(source):
-    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"temperature must be in \[0.001, 100\], got 0.0"):
         SpotTune(source, 3, temperature=0)
     with pytest.raises(ValueError, match=r"global_blocks must be in \[0, 4\]"):
         build_method("spottune", source, 3, global_blocks=5)

@@ -33,6 +33,7 @@ from tlgates.experiment import RunResult, run_method
 from tlgates.methods import METHODS, get_method
 from tlgates.plotting import plot_history
 from tlgates.source import SourceModel
+from tlgates.stats import accuracy_cells
 from tlgates.train import History, TrainConfig
 
 RUN_SETTINGS = ("method", "shots", "seeds", "target", "preset")
@@ -76,15 +77,12 @@ def recipe_control(value: str = "tlgates") -> widgets.Dropdown:
 
 
 def result_row(values: dict[str, Any], result: RunResult) -> dict[str, Any]:
-    """A results-table row: the settings that applied to this run, its test accuracy and, over
-    several seeds, the standard deviation ("—" for one seed: there is none)."""
+    """A results-table row: the settings that applied to this run (of ``values``, those of its
+    method, the loop and the run), its :func:`~tlgates.stats.accuracy_cells` and seconds."""
     spec = get_method(result.method)
     row = {name: value for name, value in values.items()
            if name in RUN_SETTINGS or name in CONFIG_FIELDS or name in spec.params}
-    row["test accuracy %"] = round(100 * result.mean, 1)
-    row["± std"] = round(100 * result.std, 1) if len(result.accuracies) > 1 else "—"
-    row["seconds"] = round(result.seconds, 1)
-    return row
+    return {**row, **accuracy_cells(result), "seconds": round(result.seconds, 1)}
 
 
 def _figure_output(fig: Figure) -> dict[str, Any]:
@@ -194,8 +192,7 @@ class Dashboard(widgets.VBox):
             self.train_button.disabled, self.stop_button.disabled = False, True
         self.last_result = result
         if result.accuracies:
-            self.results.append(result_row(values, result))
-            self._show_table()
+            self.add_result(result, values)
             if self.view_fn is not None:
                 self.view.outputs = (_figure_output(self.view_fn(result)),)
         if result.histories[-1].interrupted:
@@ -205,6 +202,15 @@ class Dashboard(widgets.VBox):
         else:
             self.status.value = result.summary()
         return result
+
+    def add_result(self, result: RunResult, settings: dict[str, Any] | None = None) -> None:
+        """Add a row for ``result`` to the results table (``settings``: the values to show
+        beside it, default its method and recipe), e.g. a run trained earlier in the
+        notebook."""
+        settings = {"method": result.method, "preset": result.preset} if settings is None \
+            else settings
+        self.results.append(result_row(settings, result))
+        self._show_table()
 
     def _on_epoch(self, history: History) -> None:
         self.progress.value += 1

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import string
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch.utils.data import TensorDataset
 
+from tlgates import cache
 from tlgates.paths import data_dir
 
 GLYPH_CLASSES: tuple[str, ...] = tuple(
@@ -167,38 +166,6 @@ def _glyph_labels(n_per_class: int) -> torch.Tensor:
     return torch.arange(len(GLYPH_CLASSES)).repeat(n_per_class)
 
 
-def _load_glyph_cache(path: Path, n_per_class: int,
-                      fonts: list[str]) -> torch.Tensor | None:
-    """The cached uint8 glyphs at ``path``, or None (with a warning) if unusable."""
-    try:
-        cached = torch.load(path, weights_only=True)
-        pixels, labels = cached["pixels"], cached["labels"]
-        ok = (cached["format"] == _GLYPH_FORMAT and cached["fonts"] == fonts
-              and pixels.dtype == torch.uint8
-              and pixels.shape == (n_per_class * len(GLYPH_CLASSES), IMAGE_SIZE, IMAGE_SIZE)
-              and torch.equal(labels, _glyph_labels(n_per_class)))
-    except Exception as err:  # any unreadable file (truncated zip, pickle, missing key)
-        warnings.warn(f"glyph cache {path} is unreadable ({type(err).__name__}: {err}); "
-                      "rebuilding it", stacklevel=3)
-        return None
-    if not ok:
-        warnings.warn(f"glyph cache {path} does not match this version or these fonts; "
-                      "rebuilding it", stacklevel=3)
-        return None
-    return pixels
-
-
-def _save_atomically(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write the cache file {path}: {err}", stacklevel=3)
-
-
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     """``value`` if it is an int in [low, high]; else a ValueError naming the argument."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -231,11 +198,19 @@ def glyph_dataset(n_per_class: int, seed: int = 0) -> TensorDataset:
     fonts = _glyph_fonts()
     names = [path.name for path in fonts]
     path = data_dir() / f"glyphs-v{_GLYPH_FORMAT}-n{n_per_class}-seed{seed}.pt"
-    pixels = _load_glyph_cache(path, n_per_class, names) if path.exists() else None
+    def matches(saved: dict[str, Any]) -> bool:
+        pixels = saved["pixels"]
+        return (saved["fonts"] == names and pixels.dtype == torch.uint8
+                and pixels.shape == (n_per_class * len(GLYPH_CLASSES), IMAGE_SIZE, IMAGE_SIZE)
+                and torch.equal(saved["labels"], _glyph_labels(n_per_class)))
+
+    saved = cache.load(path, version=_GLYPH_FORMAT, what="glyphs", matches=matches,
+                       rebuild="rendering them again (about 2 s per 12,000 glyphs)")
+    pixels = None if saved is None else saved["pixels"]
     if pixels is None:
         pixels = torch.from_numpy(_render_glyphs(n_per_class, seed, fonts))
-        _save_atomically({"format": _GLYPH_FORMAT, "fonts": names, "pixels": pixels,
-                          "labels": _glyph_labels(n_per_class)}, path)
+        cache.save(path, {"fonts": names, "pixels": pixels,
+                          "labels": _glyph_labels(n_per_class)}, version=_GLYPH_FORMAT)
     images = (pixels.to(torch.float32) / 255).unsqueeze(1).expand(-1, 3, -1, -1)
     return TensorDataset(images.contiguous(), _glyph_labels(n_per_class))
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +24,7 @@ from tlgates.backbones import Backbone, tiny_resnet
 from tlgates.data import GLYPH_CLASSES, glyph_dataset
 from tlgates.methods.base import SOURCE_KINDS, Classifier, TransferModel
 from tlgates.methods.ptu import RecurrentClassifier, RowLSTM
+from tlgates import cache
 from tlgates.paths import data_dir
 from tlgates.train import TrainConfig, evaluate, fit
 
@@ -38,27 +37,8 @@ def _config_key(version: int, config: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def _load_cache(path: Path, what: str, version: int, config: Any) -> dict[str, Any] | None:
-    """The saved dict at ``path`` if it was made by ``version`` with ``config``; otherwise
-    ``None``, with a one-line warning when a file was there but is unusable."""
-    if not path.exists():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("config") != asdict(config) or saved.get("version") != version:
-            raise ValueError("it was built with other settings")
-        return saved
-    except Exception as err:  # any unreadable or mismatched file is rebuilt
-        reason = str(err) if isinstance(err, ValueError) else "the file is corrupt"
-        warnings.warn(f"the cached {what} {path} is unusable ({reason}); training it again",
-                      stacklevel=3)
-        return None
-
-
-def _save_cache(path: Path, saved: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent builds do not collide
-    torch.save(saved, tmp)
-    tmp.replace(path)
+def _same_config(config: Any) -> Callable[[dict[str, Any]], bool]:
+    return lambda saved: saved["config"] == asdict(config)
 
 
 def _pretrain(model: TransferModel, train: TensorDataset, seed: int, loop: TrainConfig,
@@ -113,7 +93,9 @@ def source_model(config: SourceConfig = SourceConfig(), *, progress: bool = True
                  rebuild: bool = False) -> SourceModel:
     """The pre-trained source backbone (eval mode, on the CPU), from cache or trained now."""
     path = data_dir() / f"source-{config.key()}.pt"
-    saved = None if rebuild else _load_cache(path, "source model", CACHE_VERSION, config)
+    saved = None if rebuild else cache.load(
+        path, version=CACHE_VERSION, what="source model", matches=_same_config(config),
+        rebuild="training it again (about a minute)")
     if saved is not None:
         backbone = _build(config)
         backbone.load_state_dict(saved["backbone"])
@@ -125,9 +107,9 @@ def source_model(config: SourceConfig = SourceConfig(), *, progress: bool = True
     train = glyph_dataset(config.glyphs_per_class, seed=config.seed)
     accuracy, seconds = _pretrain(model, train, config.seed, loop, progress)
     backbone = model.backbone
-    _save_cache(path, {"version": CACHE_VERSION, "config": asdict(config),
-                       "backbone": backbone.state_dict(), "glyph_accuracy": accuracy,
-                       "train_seconds": seconds})
+    cache.save(path, {"config": asdict(config), "backbone": backbone.state_dict(),
+                      "glyph_accuracy": accuracy, "train_seconds": seconds},
+               version=CACHE_VERSION)
     return SourceModel(backbone.eval(), config, accuracy, seconds)
 
 
@@ -175,8 +157,9 @@ def rnn_source_model(config: RNNSourceConfig = RNNSourceConfig(), *, progress: b
     trained again with a warning.
     """
     path = data_dir() / f"rnn-source-{config.key()}.pt"
-    saved = None if rebuild else _load_cache(path, "RNN source model", RNN_CACHE_VERSION,
-                                             config)
+    saved = None if rebuild else cache.load(
+        path, version=RNN_CACHE_VERSION, what="RNN source model", matches=_same_config(config),
+        rebuild="training it again (seconds)")
     if saved is not None:
         encoder = RowLSTM(saved["row_size"], config.hidden, config.forget_bias)
         encoder.load_state_dict(saved["encoder"])
@@ -190,9 +173,9 @@ def rnn_source_model(config: RNNSourceConfig = RNNSourceConfig(), *, progress: b
     loop = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
     accuracy, seconds = _pretrain(model, train, config.seed, loop, progress)
     encoder = model.encoder.eval()
-    _save_cache(path, {"version": RNN_CACHE_VERSION, "config": asdict(config),
-                       "row_size": row_size, "encoder": encoder.state_dict(),
-                       "glyph_accuracy": accuracy, "train_seconds": seconds})
+    cache.save(path, {"config": asdict(config), "row_size": row_size,
+                      "encoder": encoder.state_dict(), "glyph_accuracy": accuracy,
+                      "train_seconds": seconds}, version=RNN_CACHE_VERSION)
     return RNNSource(encoder, config, accuracy, seconds)
 
 

@@ -93,12 +93,14 @@ class History:
 
 @dataclass
 class Evaluation:
-    """Predictions of a model on a data set, with what it decided for each example."""
+    """Predictions of a model on a data set, with what it decided for each example and the
+    model's :meth:`~tlgates.methods.TransferModel.decision_summary` of it."""
 
     accuracy: float
     logits: torch.Tensor
     y: torch.Tensor
     decisions: dict[str, torch.Tensor]
+    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predictions(self) -> torch.Tensor:
@@ -159,8 +161,22 @@ def evaluate(model: TransferModel, dataset: Dataset, *, batch_size: int = 64,
                 decisions.setdefault(name, []).append(value.detach().cpu())
     logits_all, y_all = torch.cat(logits), torch.cat(labels)
     accuracy = (logits_all.argmax(1) == y_all).float().mean().item()
-    return Evaluation(accuracy, logits_all, y_all,
-                      {name: torch.cat(parts) for name, parts in decisions.items()})
+    gathered = {name: torch.cat(parts) for name, parts in decisions.items()}
+    summary = model.decision_summary(gathered) if gathered else {}
+    return Evaluation(accuracy, logits_all, y_all, gathered, summary)
+
+
+def path_accuracies(model: TransferModel, dataset: Dataset, *,
+                    batch_size: int = 64) -> pd.DataFrame:
+    """Accuracy on ``dataset`` with the learned decisions, and with every decision forced to
+    each path (``model.forcing``; the same trained weights): what each path is worth alone."""
+    rows = []
+    for label, path in (("learned", None), ("all pre-trained", "pretrained"),
+                        ("all fine-tuned", "finetuned")):
+        with model.forcing(path):
+            rows.append({"decisions": label,
+                         "accuracy": evaluate(model, dataset, batch_size=batch_size).accuracy})
+    return pd.DataFrame(rows).set_index("decisions")
 
 
 def training_step(model: TransferModel, optimizer: torch.optim.Optimizer, x: torch.Tensor,

@@ -6,14 +6,15 @@ import importlib
 import pkgutil
 
 from tlgates.methods.base import (
-    METHODS, ORIGINS, PRESETS, Classifier, Deviation, Frozen, MethodSpec, Param, TransferModel,
-    build_method, frozen_and_trainable, get_method, register,
+    METHODS, ORIGINS, PATHS, PRESETS, SUMMARY_COLUMNS, Classifier, Deviation, Frozen,
+    MethodConfig, MethodSpec, Param, TransferModel, build_method, frozen_and_trainable,
+    get_method, hyperparameter, register,
 )
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "ORIGINS", "PRESETS", "Classifier", "Deviation", "Frozen", "MethodSpec",
-           "Param", "TransferModel", "build_method", "frozen_and_trainable", "get_method",
-           "register"]
+__all__ = ["METHODS", "ORIGINS", "PATHS", "PRESETS", "SUMMARY_COLUMNS", "Classifier",
+           "Deviation", "Frozen", "MethodConfig", "MethodSpec", "Param", "TransferModel",
+           "build_method", "frozen_and_trainable", "get_method", "hyperparameter", "register"]

@@ -51,8 +51,6 @@ but the weight gradient only for ``W_ft`` (:class:`_PairedConv2d`).
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +59,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Frozen, Param, TransferModel, \
-    frozen_and_trainable, register
+from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Frozen, MethodConfig, \
+    TransferModel, frozen_and_trainable, hyperparameter, register, varying_share
 
 ESTIMATORS = ("straight-through", "gumbel")
 GATE_INPUTS = ("raw", "standardized")
-PATHS = ("pretrained", "finetuned")
 
 
 class _PairedConv2d(torch.autograd.Function):
@@ -230,6 +227,32 @@ def _check_block(block: nn.Module, index: int) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class AdaFilterConfig(MethodConfig):
+    """AdaFilter's hyperparameters. ``gate_input``: what ``P_l`` reads, the ``"raw"`` pooled
+    activations ``GAP(x_l)`` or each channel ``"standardized"`` over the batch.
+    ``temperature`` (τ of ``σ(logits/τ)``) shapes only the gradient (``σ'(l/τ)/τ``: large near
+    ``l = 0`` and vanishing away from it for a small τ); the decision ``[logits (+ noise) > 0]``
+    does not depend on it. ``frozen_bn``: BatchNorm of the pre-trained path, ``"eval"`` (source
+    statistics, never updated) or ``"batch"`` (batch statistics in training)."""
+
+    hidden: int = hyperparameter(32, "LSTM hidden size", low=1, high=1024)
+    gate_input: str = hyperparameter("raw", "what the gate LSTM reads: raw or standardized "
+                                            "pooled activations", choices=GATE_INPUTS)
+    temperature: float = hyperparameter(1.0, "gate temperature τ of σ(logits/τ)", low=0.01,
+                                        high=100.0)
+    estimator: str = hyperparameter("straight-through", "gate estimator in training",
+                                    choices=ESTIMATORS)
+    gate_lr: float = hyperparameter(0.05, "learning rate of the gate network (LSTM, P, Q)",
+                                    low=0.0, high=10.0)
+    usage_target: float = hyperparameter(0.5, "fraction ρ of fine-tuned filters the usage "
+                                              "penalty asks for", low=0.0, high=1.0)
+    usage_weight: float = hyperparameter(0.0, "λ of the usage penalty λ·mean_l(mean G_l − ρ)² "
+                                              "(0: none)", low=0.0, high=100.0)
+    frozen_bn: str = hyperparameter("eval", "BatchNorm of the pre-trained path",
+                                    choices=FROZEN_BATCHNORM)
+
+
 class AdaFilter(TransferModel):
     """A source backbone in which every filter of every convolution is gated per example
     between its pre-trained and its fine-tuned version (see the module docstring).
@@ -237,50 +260,19 @@ class AdaFilter(TransferModel):
     Args:
         source: the pre-trained backbone (copied twice, never modified).
         num_classes: classes of the target task.
-        hidden: the LSTM's hidden size.
-        gate_input: what ``P_l`` reads: ``"raw"`` pooled activations ``GAP(x_l)``, or
-            ``"standardized"``: each channel of ``GAP(x_l)`` standardised over the batch.
-        temperature: ``τ`` of ``σ(logits/τ)`` in training. It shapes only the gradient
-            (``σ'(l/τ)/τ``: large near ``l = 0`` and vanishing away from it for a small ``τ``);
-            the decision ``[logits (+ noise) > 0]`` itself does not depend on it.
-        estimator: ``"gumbel"`` (logistic noise, then threshold) or ``"straight-through"``.
-        gate_lr: the gate network's own learning rate (peak of the schedule).
-        usage_target: ``ρ``, the fraction of fine-tuned filters the usage penalty asks for.
-        usage_weight: ``λ`` of the usage penalty ``λ·mean_l (mean(G_l) − ρ)²`` (0: none).
-        frozen_bn: BatchNorm of the pre-trained path: ``"eval"`` (source statistics, never
-            updated) or ``"batch"`` (batch statistics in training, as SpotTune's code did).
+        **hyperparameters: :class:`AdaFilterConfig`.
 
     ``last_decisions`` maps ``"gate/<layer>"`` to the binary gates ``(B, filters)`` of each
     gated convolution (1 = fine-tuned filter), in forward order; :attr:`layers` lists them.
     ``force_path`` (``None``, ``"pretrained"`` or ``"finetuned"``) overrides every gate.
     """
 
-    def __init__(self, source: Backbone, num_classes: int, *, hidden: int = 32,
-                 gate_input: str = "raw", temperature: float = 1.0,
-                 estimator: str = "straight-through", gate_lr: float = 0.05,
-                 usage_target: float = 0.5, usage_weight: float = 0.0, frozen_bn: str = "eval"):
+    def __init__(self, source: Backbone, num_classes: int, **hyperparameters: Any):
         super().__init__()
-        if not (isinstance(hidden, int) and hidden >= 1):
-            raise ValueError(f"hidden must be an integer ≥ 1, got {hidden!r}")
-        if gate_input not in GATE_INPUTS:
-            raise ValueError(f"gate_input must be one of {', '.join(GATE_INPUTS)}, "
-                             f"got {gate_input!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, "
-                             f"got {estimator!r}")
-        if not gate_lr >= 0:
-            raise ValueError(f"gate_lr must be ≥ 0, got {gate_lr!r}")
-        if not 0 <= usage_target <= 1:
-            raise ValueError(f"usage_target must be in [0, 1], got {usage_target!r}")
-        if not usage_weight >= 0:
-            raise ValueError(f"usage_weight must be ≥ 0, got {usage_weight!r}")
-        if frozen_bn not in FROZEN_BATCHNORM:
-            raise ValueError(f"frozen_bn must be one of {', '.join(FROZEN_BATCHNORM)}, "
-                             f"got {frozen_bn!r}")
-        self.temperature, self.estimator, self.gate_lr = temperature, estimator, gate_lr
-        self.usage_target, self.usage_weight = usage_target, usage_weight
+        hp = AdaFilterConfig(**hyperparameters)
+        self.temperature, self.estimator, self.gate_lr = hp.temperature, hp.estimator, hp.gate_lr
+        self.usage_target, self.usage_weight = hp.usage_target, hp.usage_weight
+        hidden, gate_input, frozen_bn = hp.hidden, hp.gate_input, hp.frozen_bn
         self.pretrained: Frozen
         self.finetuned: Backbone
         self.pretrained, self.finetuned = frozen_and_trainable(source, frozen_bn)
@@ -424,17 +416,9 @@ class AdaFilter(TransferModel):
                  "lr": lr},
                 {"params": list(self.gates.parameters()), "lr": self.gate_lr}]
 
-    @contextlib.contextmanager
-    def forcing(self, path: str | None) -> Iterator[AdaFilter]:
-        """Within the block every gate is forced to ``path`` (``"pretrained"`` or
-        ``"finetuned"``; ``None``: the learned gates)."""
-        if path is not None and path not in PATHS:
-            raise ValueError(f"path must be one of {', '.join(PATHS)} or None, got {path!r}")
+    def _force(self, path: str | None) -> str | None:
         before, self.force_path = self.force_path, path
-        try:
-            yield self
-        finally:
-            self.force_path = before
+        return before
 
     def epoch_record(self, decisions: dict[str, torch.Tensor],
                      y: torch.Tensor) -> dict[str, Any]:
@@ -448,6 +432,14 @@ class AdaFilter(TransferModel):
                 "ft_fraction": [g.mean().item() for g in gates],
                 "varying_filters": [filters_that_vary(g).float().mean().item() for g in gates]}
 
+    def decision_summary(self, decisions: dict[str, torch.Tensor]) -> dict[str, Any]:
+        gates = torch.cat([v.flatten(1).float() for k, v in decisions.items()
+                           if k.startswith("gate/")], dim=1)
+        return {"decides": "pre-trained or fine-tuned weights per filter",
+                "choices per image": gates.shape[1], "pre-trained share": 1 - gates.mean().item(),
+                "reading": f"{gates.mean():.0%} of the filters on fine-tuned weights",
+                "varies between images": varying_share(gates)}
+
 
 def filters_that_vary(gates: torch.Tensor) -> torch.Tensor:
     """For gates ``(N, C)`` of N examples: which of the C filters are not on the same path for
@@ -459,7 +451,8 @@ _NOT_STATED = "not stated in the paper; no public code"
 
 
 @register("adafilter", "per-example, per-filter choice between pre-trained and "
-          "fine-tuned filters, gated by an LSTM over layers", paper="arXiv 1911.09659",
+          "fine-tuned filters, gated by an LSTM over layers", AdaFilterConfig,
+          paper="arXiv 1911.09659",
           deviations=[
               Deviation("gate network's maps", "per-layer linear P_l (C_in → hidden) and Q_l "
                         "(hidden → C_out) around one shared LSTM cell", _NOT_STATED,
@@ -483,19 +476,6 @@ _NOT_STATED = "not stated in the paper; no public code"
               Deviation("every default value", "hidden 32, τ 1, gate lr 0.05, no usage "
                         "penalty", _NOT_STATED, "chosen on the validation split",
                         "reconstruction"),
-          ],
-          hidden=Param(32, "LSTM hidden size", low=1, high=1024),
-          gate_input=Param("raw", "what the gate LSTM reads: raw or standardized pooled "
-                           "activations", choices=GATE_INPUTS),
-          temperature=Param(1.0, "gate temperature τ of σ(logits/τ)", low=0.01, high=100.0),
-          estimator=Param("straight-through", "gate estimator in training",
-                          choices=ESTIMATORS),
-          gate_lr=Param(0.05, "learning rate of the gate network (LSTM, P, Q)", low=0.0,
-                        high=10.0),
-          usage_target=Param(0.5, "fraction ρ of fine-tuned filters the usage penalty asks for",
-                             low=0.0, high=1.0),
-          usage_weight=Param(0.0, "λ of the usage penalty λ·mean_l(mean G_l − ρ)² (0: none)",
-                             low=0.0, high=100.0),
-          frozen_bn=Param("eval", "BatchNorm of the pre-trained path", choices=FROZEN_BATCHNORM))
+          ])
 def build_adafilter(source: Backbone, num_classes: int, **params: Any) -> AdaFilter:
     return AdaFilter(source, num_classes, **params)

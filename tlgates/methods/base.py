@@ -12,13 +12,19 @@ asks the model for
 - ``last_decisions``: what the last forward pass decided per example (gates, routes), which the
   loop gathers over the evaluation set and hands to ``epoch_record`` for per-epoch records;
 - ``training_record()``: per-epoch records gathered during the training steps themselves
-  (DELTA's Ω), kept with or without an evaluation set.
+  (DELTA's Ω), kept with or without an evaluation set;
+- ``decision_summary(decisions)``: what it decided over an evaluation set, in the columns the
+  comparison of all methods reads (:data:`SUMMARY_COLUMNS`);
+- ``forcing(path)``: for a method that chooses between pre-trained and fine-tuned parts, a
+  context in which every decision takes one path (:data:`PATHS`).
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -26,6 +32,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlgates.backbones import Backbone
+
+
+#: The two sides a gated method chooses between, for :meth:`TransferModel.forcing`.
+PATHS = ("pretrained", "finetuned")
+#: The columns of :meth:`TransferModel.decision_summary`.
+SUMMARY_COLUMNS = ("decides", "choices per image", "pre-trained share", "reading",
+                   "varies between images")
+#: A continuous decision "varies between images" when its std over them exceeds this.
+VARIES = 0.05
+
+
+def check_path(path: str | None) -> str | None:
+    """``path`` if it is one of :data:`PATHS` or ``None``; a ``ValueError`` otherwise."""
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)} or None, got {path!r}")
+    return path
+
+
+def varying_share(choices: torch.Tensor) -> float:
+    """Share of the columns of ``choices`` (images × choices) that are not the same for every
+    image (binary choices) or spread by more than :data:`VARIES` (continuous ones)."""
+    if ((choices == 0) | (choices == 1)).all():
+        return (choices.amax(0) != choices.amin(0)).float().mean().item()
+    return (choices.std(0) > VARIES).float().mean().item()
+
+
+def per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(num_classes, K)``: the mean of ``values`` ``(N, K)`` over the examples of each class
+    (0 for a class without examples)."""
+    sums = torch.zeros(num_classes, values.shape[1]).index_add_(0, y.cpu(), values.float().cpu())
+    return sums / torch.bincount(y.cpu(), minlength=num_classes).clamp(min=1)[:, None]
 
 
 class TransferModel(nn.Module):
@@ -63,6 +100,29 @@ class TransferModel(nn.Module):
         """Per-epoch summary of what the epoch's training steps gathered (called after the
         last step of every epoch, whether or not the loop evaluates)."""
         return {}
+
+    def decision_summary(self, decisions: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """What the model decided over the examples of ``decisions`` (gathered by the loop's
+        ``evaluate``), one value per :data:`SUMMARY_COLUMNS`; empty for a method that decides
+        nothing per example."""
+        return {}
+
+    @contextmanager
+    def forcing(self, path: str | None) -> Iterator[TransferModel]:
+        """Within the block every decision takes ``path`` (one of :data:`PATHS`; ``None``: the
+        learned decisions). Methods that choose between pre-trained and fine-tuned parts
+        override :meth:`_force`; the others raise a ``TypeError``."""
+        check_path(path)
+        before = self._force(path)
+        try:
+            yield self
+        finally:
+            self._force(before)
+
+    def _force(self, path: str | None) -> str | None:
+        """Force every decision to ``path``; return the previous forcing."""
+        raise TypeError(f"{type(self).__name__} makes no choice between pre-trained and "
+                        "fine-tuned parts to force")
 
 
 FROZEN_BATCHNORM = ("eval", "batch")
@@ -172,6 +232,8 @@ class Param:
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a {kind.__name__} ({self.allowed()}), "
                              f"got {value!r}") from None
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError(f"{name} must be {self.allowed()}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{name} must be {self.allowed()}, got {value!r}")
         if (self.low is not None and value < self.low) or (
@@ -187,6 +249,32 @@ class Param:
             hi = "inf" if self.high is None else f"{self.high:g}"
             return f"in [{lo}, {hi}]"
         return f"a {type(self.default).__name__}"
+
+
+def hyperparameter(default: Any, help: str, *, low: float | None = None,
+                   high: float | None = None, choices: tuple[str, ...] | None = None,
+                   paper: Any = None, origin: str = "", why: str = "") -> Any:
+    """A field of a method's config (:class:`MethodConfig`): the one place where a
+    hyperparameter's default, allowed values, help and the paper's value are stated."""
+    return field(default=default, metadata={"param": Param(default, help, low, high, choices,
+                                                           paper, origin, why)})
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The hyperparameters of a method, one :func:`hyperparameter` field each (in the manner of
+    peft's ``LoraConfig``). Building one checks and converts every value; the registry, the
+    command line, the dashboards and the deviations table read the fields' :class:`Param`."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, f.metadata["param"].parse(f.name,
+                                                                       getattr(self, f.name)))
+
+    @classmethod
+    def params(cls) -> dict[str, Param]:
+        """Name → :class:`Param` of every hyperparameter, in declaration order."""
+        return {f.name: f.metadata["param"] for f in fields(cls)}
 
 
 @dataclass(frozen=True)
@@ -257,10 +345,12 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, summary: str, paper: str = "", deviations: Sequence[Deviation] = (),
-             source: str = "backbone", **params: Param) -> Callable[[Callable[..., TransferModel]],
-                                          Callable[..., TransferModel]]:
-    """Register ``build(source, num_classes, **params) -> TransferModel`` as method ``name``.
+def register(name: str, summary: str, config: type[MethodConfig] = MethodConfig, *,
+             paper: str = "", deviations: Sequence[Deviation] = (),
+             source: str = "backbone") -> Callable[[Callable[..., TransferModel]],
+                                                   Callable[..., TransferModel]]:
+    """Register ``build(source, num_classes, **hyperparameters) -> TransferModel`` as method
+    ``name``, with the hyperparameters of ``config``.
 
     ``deviations``: the differences from the paper that no hyperparameter switches;
     ``source``: the kind of pre-trained network ``build`` takes (:data:`SOURCE_KINDS`).
@@ -271,7 +361,7 @@ def register(name: str, summary: str, paper: str = "", deviations: Sequence[Devi
     def decorator(build: Callable[..., TransferModel]) -> Callable[..., TransferModel]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(name, summary, build, dict(params), paper,
+        METHODS[name] = MethodSpec(name, summary, build, config.params(), paper,
                                    tuple(deviations), source)
         return build
 

@@ -12,13 +12,14 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import Classifier, Param, register
+from tlgates.methods.base import Classifier, MethodConfig, hyperparameter, register
 
 
 @register("scratch", "train the same network from a random initialisation (no transfer)")
@@ -35,8 +36,30 @@ def build_linear(source: Backbone, num_classes: int) -> Classifier:
     return Classifier(source, num_classes, freeze_backbone=True)
 
 
+@dataclass(frozen=True)
+class FineTuneConfig(MethodConfig):
+    backbone_lr_scale: float = hyperparameter(
+        1.0, "backbone learning rate as a fraction of the head's", low=0.0, high=1.0)
+
+
+@dataclass(frozen=True)
+class L2Config(FineTuneConfig):
+    weight_decay: float = hyperparameter(0.01, "weight decay λ", low=0.0, high=1.0)
+
+
+@dataclass(frozen=True)
+class L2SPConfig(FineTuneConfig):
+    alpha: float = hyperparameter(0.1, "strength α of α/2·‖w − w⁰‖²", low=0.0, high=100.0)
+    beta: float = hyperparameter(0.01, "strength β of β/2·‖w_head‖²", low=0.0, high=100.0)
+    bn_in_penalty: bool = hyperparameter(
+        True, "BatchNorm scale and shift count in w (false: weights only)", paper=False,
+        origin="official code", why="TLlib and DELTA's code regularise them too; the "
+                                    "authors' code regularises the weights only")
+
+
 class FineTune(Classifier):
-    """Fine-tuning with the backbone at ``backbone_lr_scale`` × the head's learning rate."""
+    """Fine-tuning with the backbone at ``backbone_lr_scale`` × the head's learning rate and
+    optimizer weight decay ``weight_decay`` (``l2``)."""
 
     def __init__(self, source: Backbone, num_classes: int, backbone_lr_scale: float = 1.0,
                  weight_decay: float = 0.0):
@@ -53,40 +76,33 @@ class FineTune(Classifier):
         ]
 
 
-_LR_SCALE = Param(1.0, "backbone learning rate as a fraction of the head's", low=0.0, high=1.0)
+@register("finetune", "fine-tune every layer from the pre-trained weights", FineTuneConfig)
+def build_finetune(source: Backbone, num_classes: int, **hyperparameters: Any) -> FineTune:
+    return FineTune(source, num_classes, **hyperparameters)
 
 
-@register("finetune", "fine-tune every layer from the pre-trained weights",
-          backbone_lr_scale=_LR_SCALE)
-def build_finetune(source: Backbone, num_classes: int, backbone_lr_scale: float) -> FineTune:
-    return FineTune(source, num_classes, backbone_lr_scale)
-
-
-@register("l2", "fine-tuning with weight decay λ/2·‖w‖² (towards zero)",
-          weight_decay=Param(0.01, "weight decay λ", low=0.0, high=1.0),
-          backbone_lr_scale=_LR_SCALE)
-def build_l2(source: Backbone, num_classes: int, weight_decay: float,
-             backbone_lr_scale: float) -> FineTune:
-    return FineTune(source, num_classes, backbone_lr_scale, weight_decay)
+@register("l2", "fine-tuning with weight decay λ/2·‖w‖² (towards zero)", L2Config)
+def build_l2(source: Backbone, num_classes: int, **hyperparameters: Any) -> FineTune:
+    return FineTune(source, num_classes, **hyperparameters)
 
 
 class L2SP(FineTune):
     """L2-SP: ``CE + α/2·‖w − w⁰‖² + β/2·‖w_head‖²`` (arXiv 1802.01483, eq. 4).
 
     ``w⁰`` are the pre-trained backbone parameters (kept as non-persistent buffers), ``w`` the
-    fine-tuned ones; the new head's weight matrix is decayed towards zero. ``bn_in_penalty``:
-    whether BatchNorm's scale and shift count in ``w`` (the authors': weights only).
+    fine-tuned ones; the new head's weight matrix is decayed towards zero. Hyperparameters:
+    :class:`L2SPConfig` (``bn_in_penalty``: whether BatchNorm's scale and shift count in ``w``).
     """
 
-    def __init__(self, source: Backbone, num_classes: int, alpha: float, beta: float,
-                 backbone_lr_scale: float = 1.0, bn_in_penalty: bool = True):
-        super().__init__(source, num_classes, backbone_lr_scale)
-        self.alpha, self.beta = alpha, beta
+    def __init__(self, source: Backbone, num_classes: int, **hyperparameters: Any):
+        config = L2SPConfig(**hyperparameters)
+        super().__init__(source, num_classes, config.backbone_lr_scale)
+        self.alpha, self.beta = config.alpha, config.beta
         norm_params = {id(p) for m in self.backbone.modules()
                        if isinstance(m, nn.modules.batchnorm._BatchNorm)
                        for p in m.parameters(recurse=False)}
         self.anchored = [name for name, p in self.backbone.named_parameters()
-                         if bn_in_penalty or id(p) not in norm_params]
+                         if config.bn_in_penalty or id(p) not in norm_params]
         params = dict(self.backbone.named_parameters())
         for i, name in enumerate(self.anchored):
             self.register_buffer(f"_w0_{i}", params[name].detach().clone(), persistent=False)
@@ -107,15 +123,7 @@ class L2SP(FineTune):
         return terms
 
 
-@register("l2sp", "fine-tuning pulled towards the pre-trained weights (L2-SP)",
-          paper="arXiv 1802.01483",
-          alpha=Param(0.1, "strength α of α/2·‖w − w⁰‖²", low=0.0, high=100.0),
-          beta=Param(0.01, "strength β of β/2·‖w_head‖²", low=0.0, high=100.0),
-          backbone_lr_scale=_LR_SCALE,
-          bn_in_penalty=Param(True, "BatchNorm scale and shift count in w (false: weights only)",
-                              paper=False, origin="official code",
-                              why="TLlib and DELTA's code regularise them too; the authors' "
-                                  "code regularises the weights only"))
-def build_l2sp(source: Backbone, num_classes: int, alpha: float, beta: float,
-               backbone_lr_scale: float, bn_in_penalty: bool) -> L2SP:
-    return L2SP(source, num_classes, alpha, beta, backbone_lr_scale, bn_in_penalty)
+@register("l2sp", "fine-tuning pulled towards the pre-trained weights (L2-SP)", L2SPConfig,
+          paper="arXiv 1802.01483")
+def build_l2sp(source: Backbone, num_classes: int, **hyperparameters: Any) -> L2SP:
+    return L2SP(source, num_classes, **hyperparameters)

@@ -60,9 +60,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,7 +72,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Frozen, Param, register
+from tlgates.cache import load as load_cache
+from tlgates.cache import save as save_cache
+from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Frozen, MethodConfig, \
+    hyperparameter, register
 from tlgates.methods.baselines import FineTune
 from tlgates.paths import data_dir
 
@@ -462,25 +463,6 @@ def attention_key(backbone: Backbone, train: Dataset, num_classes: int, blocks: 
     return digest.hexdigest()[:16]
 
 
-def _load(path: os.PathLike, key: str, backbone: Backbone,
-          blocks: list[int]) -> ChannelAttention | None:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        rises = saved["rises"]
-        if saved.get("version") != CACHE_VERSION or saved.get("key") != key:
-            raise ValueError("it was made for other settings")
-        if saved["blocks"] != blocks or len(rises) != len(blocks) or any(
-                r.shape != (backbone.block_channels[b],) or not torch.isfinite(r).all()
-                for r, b in zip(rises, blocks)):
-            raise ValueError("its shapes do not fit the backbone")
-        return ChannelAttention(blocks, [r.double() for r in rises], float(saved["base_loss"]),
-                                int(saved["examples"]), 0.0, from_cache=True)
-    except Exception as err:  # any unreadable or mismatched file is rebuilt
-        warnings.warn(f"the cached channel attention {path} is unusable ({err}); "
-                      "computing it again", stacklevel=3)
-        return None
-
-
 def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
                       blocks: Sequence[int] | None = None, point: str = "block",
                       probe_decay: float = 1e-3, max_examples: int | None = None,
@@ -515,10 +497,18 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
         key = attention_key(backbone, train, num_classes, blocks, probe_decay=probe_decay,
                             max_examples=max_examples, point=point)
         path = data_dir() / f"delta-attention-{key}.pt"
-        if path.exists():
-            loaded = _load(path, key, backbone, blocks)
-            if loaded is not None:
-                return loaded
+        def matches(saved: dict[str, Any]) -> bool:
+            rises = saved["rises"]
+            return saved["key"] == key and saved["blocks"] == blocks and len(rises) == len(
+                blocks) and all(r.shape == (backbone.block_channels[b],)
+                                and bool(torch.isfinite(r).all()) for r, b in zip(rises, blocks))
+
+        saved = load_cache(path, version=CACHE_VERSION, what="channel attention",
+                           matches=matches, rebuild="computing it again (seconds)")
+        if saved is not None:
+            return ChannelAttention(blocks, [r.double() for r in saved["rises"]],
+                                    float(saved["base_loss"]), int(saved["examples"]), 0.0,
+                                    from_cache=True)
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -536,14 +526,50 @@ def channel_attention(backbone: Backbone, train: Dataset, num_classes: int, *,
     finally:
         backbone.train(was_training)
     if path is not None:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"version": CACHE_VERSION, "key": key, "blocks": blocks, "rises": rises,
-                    "base_loss": base, "examples": result.examples}, tmp)
-        tmp.replace(path)
+        save_cache(path, {"key": key, "blocks": blocks, "rises": rises, "base_loss": base,
+                          "examples": result.examples}, version=CACHE_VERSION)
     return result
 
 
 # ----------------------------------------------------------------------------- the method
+
+
+@dataclass(frozen=True)
+class FeatureMapL2Config(MethodConfig):
+    """The hyperparameters of feature-map L2 (``fml2``): DELTA's, without the attention."""
+
+    alpha: float = hyperparameter(0.01, "strength α of the feature-map term α·Ω (Ω a mean over "
+                                        "the batch)", low=0.0, high=100.0)
+    beta: float = hyperparameter(0.01, "strength β of β/2·‖W_head‖²", low=0.0, high=100.0)
+    area_norm: bool = hyperparameter(True, "divide each channel's squared distance by H·W "
+                                           "(false: the official ablation's sum over pixels)")
+    source_bn: str = hyperparameter(
+        "batch", "BatchNorm of the frozen source copy in training: batch statistics like the "
+                 "target's (running statistics kept), or the source's (eval)",
+        choices=FROZEN_BATCHNORM, paper="eval", origin="official code",
+        why="both networks normalise alike, so Ω is 0 before the first step")
+    feature_point: str = hyperparameter(
+        "block", "where the maps are read: block output, or the last convolution's output "
+                 "before its BatchNorm and the residual add", choices=FEATURE_POINTS,
+        paper="conv", origin="official code",
+        why="the block output is what the next stage reads, and what the backbone contract "
+            "gives every architecture")
+    batch_reduction: str = hyperparameter(
+        "mean", "Ω over the batch: mean, or the official 0.5·sum (α then depends on the batch "
+                "size)", choices=BATCH_REDUCTIONS, paper="sum", origin="official code",
+        why="a mean like the cross-entropy's: α does not depend on the batch size "
+            "(α_ours = α_official·B/2)")
+    head_bias: bool = hyperparameter(False, "include the head's bias in the head penalty",
+                                     paper=True, origin="official code",
+                                     why="the paper's equation names the weights")
+
+
+@dataclass(frozen=True)
+class DELTAConfig(FeatureMapL2Config):
+    """DELTA's hyperparameters: feature-map L2's and the attention's temperature T."""
+
+    temperature: float = hyperparameter(5.0, "attention temperature T in C·softmax(z/T)",
+                                        low=0.01, high=1000.0)
 
 
 class DELTA(FineTune):
@@ -552,51 +578,34 @@ class DELTA(FineTune):
     Args:
         source: the pre-trained backbone (copied twice: a trainable and a frozen copy).
         num_classes: classes of the target task.
-        alpha: strength α of Ω (0: fine-tuning plus the head term; no source pass is run).
-        beta: strength β of ``β/2·‖W_head‖²`` (the head's weight matrix, and with
-            ``head_bias`` its bias too).
-        temperature: T of the attention ``C·softmax(z/T)``; large T → all weights near 1.
         attention: weigh channels by attention (DELTA) or all by 1 (feature-map L2).
-        source_bn: BatchNorm of the frozen copy in training: ``"batch"`` (batch statistics;
-            its running statistics never change) or ``"eval"`` (the source statistics).
-        feature_point: where the maps are read (:data:`FEATURE_POINTS`).
-        batch_reduction: Ω over the batch, ``"mean"`` or ``"sum"`` (the official ``0.5·Σ_b``).
-        area_norm: divide by ``H·W`` (:class:`FeatureMapRegularization`).
-        head_bias: include the head's bias in the head penalty (the official code does).
         blocks: the regularised blocks (default ``source.stage_ends``).
         backbone_lr_scale: backbone learning rate as a fraction of the head's.
+        **hyperparameters: :class:`DELTAConfig` (α = 0: fine-tuning plus the head term, and no
+            source pass is run; a large T makes all weights near 1).
 
     The attention is computed (or loaded from the cache) by :meth:`on_fit_start` from the
     training set. ``forward`` is plain fine-tuning's (``head(backbone(x))``): the source network
     runs only for the loss and for :meth:`distances`.
     """
 
-    def __init__(self, source: Backbone, num_classes: int, *, alpha: float, beta: float,
-                 temperature: float = 5.0, attention: bool = True, source_bn: str = "batch",
-                 feature_point: str = "block", batch_reduction: str = "mean",
-                 area_norm: bool = True, head_bias: bool = False,
-                 blocks: Sequence[int] | None = None, backbone_lr_scale: float = 1.0):
+    def __init__(self, source: Backbone, num_classes: int, *, attention: bool = True,
+                 blocks: Sequence[int] | None = None, backbone_lr_scale: float = 1.0,
+                 **hyperparameters: Any):
+        hp = DELTAConfig(**hyperparameters)
         blocks = check_blocks(source, blocks)
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not (value >= 0 and value < float("inf")):
-                raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        for name, value, allowed in (("source_bn", source_bn, FROZEN_BATCHNORM),
-                                     ("batch_reduction", batch_reduction, BATCH_REDUCTIONS)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        self.point_modules = [regularized_module(source, b, feature_point) for b in blocks]
+        for b in blocks:
+            regularized_module(source, b, hp.feature_point)  # checks the point fits the blocks
         super().__init__(source, num_classes, backbone_lr_scale)  # same RNG use as finetune
         # The reference never changes: in eval mode it keeps the source statistics, and with
         # "batch" :meth:`source_maps` normalises with batch statistics without tracking them.
         self.source = Frozen(copy.deepcopy(source), "eval")
-        self.source_bn, self.feature_point = source_bn, feature_point
-        self.batch_reduction, self.head_bias = batch_reduction, head_bias
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.source_bn, self.feature_point = hp.source_bn, hp.feature_point
+        self.batch_reduction, self.head_bias = hp.batch_reduction, hp.head_bias
+        self.alpha, self.beta, self.temperature = hp.alpha, hp.beta, hp.temperature
         self.use_attention, self.blocks = attention, blocks
         self.regularizer = FeatureMapRegularization(
-            [torch.ones(source.block_channels[b]) for b in blocks], area_norm)
+            [torch.ones(source.block_channels[b]) for b in blocks], hp.area_norm)
         self.attention: ChannelAttention | None = None
         self._omega_sum: torch.Tensor | None = None
         self._omega_steps = 0
@@ -678,28 +687,6 @@ class DELTA(FineTune):
         return {"omega": sum(layers), "omega_layers": layers}
 
 
-_ALPHA = Param(0.01, "strength α of the feature-map term α·Ω (Ω a mean over the batch)",
-               low=0.0, high=100.0)
-_BETA = Param(0.01, "strength β of β/2·‖W_head‖²", low=0.0, high=100.0)
-_SHARED = dict(
-    source_bn=Param("batch", "BatchNorm of the frozen source copy in training: batch "
-                             "statistics like the target's (running statistics kept), or the "
-                             "source's (eval)", choices=FROZEN_BATCHNORM, paper="eval",
-                    origin="official code",
-                    why="both networks normalise alike, so Ω is 0 before the first step"),
-    feature_point=Param("block", "where the maps are read: block output, or the last "
-                                 "convolution's output before its BatchNorm and the residual add",
-                        choices=FEATURE_POINTS, paper="conv", origin="official code",
-                        why="the block output is what the next stage reads, and what the "
-                            "backbone contract gives every architecture"),
-    batch_reduction=Param("mean", "Ω over the batch: mean, or the official 0.5·sum (α then "
-                                  "depends on the batch size)", choices=BATCH_REDUCTIONS,
-                          paper="sum", origin="official code",
-                          why="a mean like the cross-entropy's: α does not depend on the batch "
-                              "size (α_ours = α_official·B/2)"),
-    head_bias=Param(False, "include the head's bias in the head penalty", paper=True,
-                    origin="official code", why="the paper's equation names the weights"),
-)
 _ATTENTION_DEVIATIONS = [
     Deviation("attention's head", "L-BFGS logistic regression on all training examples",
               "the new head trained 10 epochs with SGD", "deterministic and exact on few shots",
@@ -714,25 +701,19 @@ _SCHEDULE = Deviation("training schedule", "the course's loop: SGD, one-cycle to
 
 
 @register("delta", "DELTA: feature maps kept near the source's, channels weighted by attention",
-          paper="arXiv 1901.09229", deviations=[*_ATTENTION_DEVIATIONS, _SCHEDULE],
-          alpha=_ALPHA, beta=_BETA,
-          temperature=Param(5.0, "attention temperature T in C·softmax(z/T)", low=0.01,
-                            high=1000.0),
-          **_SHARED)
+          DELTAConfig, paper="arXiv 1901.09229",
+          deviations=[*_ATTENTION_DEVIATIONS, _SCHEDULE])
 def build_delta(source: Backbone, num_classes: int, **params: Any) -> DELTA:
     return DELTA(source, num_classes, **params)
 
 
 @register("fml2", "feature-map L2: DELTA without attention (every channel weight 1)",
-          paper="arXiv 1901.09229", deviations=[
+          FeatureMapL2Config, paper="arXiv 1901.09229", deviations=[
               Deviation("area_norm", "True: Σ_c ‖·‖² / (H·W), DELTA's scale",
                         "False: no 1/(H·W)", "the official ablation's α is not published; with "
                         "DELTA's α = 0.01 and the official sum over the batch the loss became "
                         "NaN in the first epoch here, so the paper recipe keeps 1/(H·W)",
                         "official code", switch="area_norm"),
-              _SCHEDULE], alpha=_ALPHA, beta=_BETA,
-          area_norm=Param(True, "divide each channel's squared distance by H·W (false: the "
-                                "official ablation's sum over pixels)"),
-          **_SHARED)
+              _SCHEDULE])
 def build_fml2(source: Backbone, num_classes: int, **params: Any) -> DELTA:
     return DELTA(source, num_classes, attention=False, **params)

@@ -34,6 +34,7 @@ ablation of the paper is reachable through the hyperparameters ``gate`` and ``au
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import Deviation, Param, TransferModel, register
+from tlgates.methods.base import Deviation, MethodConfig, TransferModel, hyperparameter, \
+    register, varying_share
 
 WARMUP_BN = ("eval", "train")
 
@@ -77,62 +79,74 @@ class FeatureGate(nn.Module):
         return torch.sigmoid(self.excite(self.dropout(F.relu(self.squeeze(f)))))
 
 
+_DROPOUT_WHY = ("0, 0.2, 0.3 and 0.5 tried on the validation split; at 0.5 the 8-unit "
+                "bottleneck of the tiny ResNet's gate sometimes died (a constant gate)")
+
+
+@dataclass(frozen=True)
+class GTNConfig(MethodConfig):
+    """GTN's hyperparameters. ``gate=False`` fixes ``g = 1``; ``aux_weight=0`` builds no
+    auxiliary head; ``aux_stage`` indexes ``stage_ends`` (``-2``: the second-to-last stage);
+    ``warmup_bn="train"`` lets BatchNorm statistics follow the data while the weights are
+    frozen, as the official code's learning rate 0 in train mode does."""
+
+    gate: bool = hyperparameter(True, "gate the pooled features (false: g = 1)")
+    aux_weight: float = hyperparameter(0.2, "λ_aux of the auxiliary classifier (0: none)",
+                                       low=0.0, high=10.0)
+    aux_stage: int = hyperparameter(-2, "stage the auxiliary head reads (index into "
+                                        "stage_ends; ResNets have 4)", low=-4, high=3)
+    reduction: int = hyperparameter(16, "gate bottleneck: D // reduction units", low=1,
+                                    high=1024)
+    dropout: float = hyperparameter(0.2, "dropout before the classifier", low=0.0, high=0.95,
+                                    paper=0.5, origin="official code", why=_DROPOUT_WHY)
+    gate_dropout: float = hyperparameter(0.2, "dropout inside the gate's bottleneck", low=0.0,
+                                         high=0.95, paper=0.7, origin="official code",
+                                         why=_DROPOUT_WHY)
+    bias: bool = hyperparameter(True, "biases in the new layers (gate, classifier, aux head)",
+                                paper=False, origin="official code",
+                                why="PyTorch's default for nn.Linear (not tuned)")
+    warmup_epochs: int = hyperparameter(
+        0, "first epochs with the backbone's weights frozen (heads only)", low=0, high=1000,
+        paper=21, origin="official code",
+        why="0, 1, 2 and 5 epochs tried on the validation split: none was best; the official "
+            "21 are of 100 epochs, of our 30 they leave 9 to fine-tune")
+    warmup_bn: str = hyperparameter(
+        "eval", "backbone BatchNorm in the warm-up: eval (source statistics kept) or train "
+                "(statistics follow the data)", choices=WARMUP_BN, paper="train",
+        origin="official code", why="a frozen backbone whose statistics drift is not frozen; "
+                                    "the official code's lr 0 in train mode lets them drift")
+
+
 class GatedTransferNetwork(TransferModel):
     """A fine-tuned copy of the source backbone, a feature gate, a classifier and an aux head.
 
     Args:
         source: the pre-trained backbone (copied, never modified).
         num_classes: classes of the target task.
-        gate: use the gate; ``False`` fixes ``g = 1`` (no gate parameters).
-        aux_weight: λ_aux; ``0`` builds no auxiliary head.
-        aux_stage: which stage the auxiliary head reads (an index into ``stage_ends``;
-            ``-2`` is the second-to-last stage).
-        reduction: the gate's bottleneck is ``D // reduction`` units.
-        dropout: dropout probability in front of the classifier.
-        gate_dropout: dropout probability inside the gate's bottleneck.
-        bias: give the new layers (gate, classifier, auxiliary head) biases.
-        warmup_epochs: epochs at the start with the backbone's weights frozen; set by
-            :meth:`on_epoch_start`.
-        warmup_bn: the backbone's BatchNorm during the warm-up: ``"eval"`` (source statistics,
-            kept) or ``"train"`` (batch statistics, running statistics updated, as the official
-            code's learning rate 0 in train mode).
+        **hyperparameters: :class:`GTNConfig`. The warm-up is set by :meth:`on_epoch_start`.
 
     ``last_decisions`` holds ``"feature"`` (the pooled ``f``, B×D) and, with the gate,
     ``"gate"`` (``g``, B×D).
     """
 
-    def __init__(self, source: Backbone, num_classes: int, *, gate: bool = True,
-                 aux_weight: float = 0.2, aux_stage: int = -2, reduction: int = 16,
-                 dropout: float = 0.2, gate_dropout: float = 0.2, bias: bool = True,
-                 warmup_epochs: int = 0, warmup_bn: str = "eval"):
+    def __init__(self, source: Backbone, num_classes: int, **hyperparameters: Any):
         super().__init__()
+        hp = GTNConfig(**hyperparameters)
         stages = len(source.stage_ends)
-        if not -stages <= aux_stage < stages:
+        if not -stages <= hp.aux_stage < stages:
             raise ValueError(f"aux_stage must index one of the backbone's {stages} stages "
-                             f"(from {-stages} to {stages - 1}), got {aux_stage}")
-        if aux_weight < 0:
-            raise ValueError(f"aux_weight must be ≥ 0, got {aux_weight}")
-        if reduction < 1:
-            raise ValueError(f"reduction must be an integer ≥ 1, got {reduction}")
-        for name, p in (("dropout", dropout), ("gate_dropout", gate_dropout)):
-            if not 0 <= p < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
-        if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be ≥ 0, got {warmup_epochs}")
-        if warmup_bn not in WARMUP_BN:
-            raise ValueError(f"warmup_bn must be one of {', '.join(WARMUP_BN)}, "
-                             f"got {warmup_bn!r}")
+                             f"(from {-stages} to {stages - 1}), got {hp.aux_stage}")
         self.backbone = copy.deepcopy(source)
         self.backbone.requires_grad_(True)
         dim = source.feature_dim
-        self.gate = FeatureGate(dim, reduction, gate_dropout, bias) if gate else None
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(dim, num_classes, bias=bias)
-        self.aux_weight = aux_weight
-        self.aux_block = source.stage_ends[aux_stage]
-        self.aux_head = (nn.Linear(source.block_channels[self.aux_block], num_classes, bias=bias)
-                         if aux_weight > 0 else None)
-        self.warmup_epochs, self.warmup_bn = warmup_epochs, warmup_bn
+        self.gate = FeatureGate(dim, hp.reduction, hp.gate_dropout, hp.bias) if hp.gate else None
+        self.dropout = nn.Dropout(hp.dropout)
+        self.head = nn.Linear(dim, num_classes, bias=hp.bias)
+        self.aux_weight = hp.aux_weight
+        self.aux_block = source.stage_ends[hp.aux_stage]
+        self.aux_head = (nn.Linear(source.block_channels[self.aux_block], num_classes,
+                                   bias=hp.bias) if hp.aux_weight > 0 else None)
+        self.warmup_epochs, self.warmup_bn = hp.warmup_epochs, hp.warmup_bn
         self.backbone_frozen = False
 
     def classify(self, f: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
@@ -199,13 +213,20 @@ class GatedTransferNetwork(TransferModel):
         return {"gate_mean": g.mean().item(), "gate_below_half": (g < 0.5).float().mean().item(),
                 "gate_channel_mean": g.mean(dim=0).tolist()}
 
-
-_DROPOUT_WHY = ("0, 0.2, 0.3 and 0.5 tried on the validation split; at 0.5 the 8-unit "
-                "bottleneck of the tiny ResNet's gate sometimes died (a constant gate)")
+    def decision_summary(self, decisions: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The gates gate features of the fine-tuned network: no pre-trained share."""
+        if "gate" not in decisions:
+            return {}
+        g = decisions["gate"].float()
+        return {"decides": "a gate g ∈ (0, 1) per pooled feature",
+                "choices per image": g.shape[1], "pre-trained share": float("nan"),
+                "reading": f"{(g < 0.5).float().mean():.0%} of the features switched off "
+                           f"(g < 0.5); mean gate {g.mean():.2f}",
+                "varies between images": varying_share(g)}
 
 
 @register("gtn", "Gated Transfer Network: a self-gate on the pooled features + an aux head",
-          paper="arXiv 1810.12521", deviations=[
+          GTNConfig, paper="arXiv 1810.12521", deviations=[
               Deviation("training schedule", "the course's loop: SGD, one-cycle to lr 0.05, "
                         "30 epochs, no weight decay", "SGD lr 0.01, ÷10 every 40 epochs, 100 "
                         "epochs, weight decay 1e-4, batch 64", "one loop for every method; the "
@@ -213,29 +234,6 @@ _DROPOUT_WHY = ("0, 0.2, 0.3 and 0.5 tried on the validation split; at 0.5 the 8
               Deviation("learning rate of the new layers", "the backbone's", "10× the "
                         "backbone's", "not tuned; every method's new layers share the loop's "
                         "lr", "official code"),
-          ],
-          gate=Param(True, "gate the pooled features (false: g = 1)"),
-          aux_weight=Param(0.2, "λ_aux of the auxiliary classifier (0: none)", low=0.0,
-                           high=10.0),
-          aux_stage=Param(-2, "stage the auxiliary head reads (index into stage_ends; "
-                          "ResNets have 4)", low=-4, high=3),
-          reduction=Param(16, "gate bottleneck: D // reduction units", low=1, high=1024),
-          dropout=Param(0.2, "dropout before the classifier", low=0.0, high=0.95, paper=0.5,
-                        origin="official code", why=_DROPOUT_WHY),
-          gate_dropout=Param(0.2, "dropout inside the gate's bottleneck", low=0.0, high=0.95,
-                             paper=0.7, origin="official code", why=_DROPOUT_WHY),
-          bias=Param(True, "biases in the new layers (gate, classifier, aux head)", paper=False,
-                     origin="official code",
-                     why="PyTorch's default for nn.Linear (not tuned)"),
-          warmup_epochs=Param(0, "first epochs with the backbone's weights frozen (heads only)",
-                              low=0, high=1000, paper=21, origin="official code",
-                              why="0, 1, 2 and 5 epochs tried on the validation split: none "
-                                  "was best; the official 21 are of 100 epochs, of our 30 they "
-                                  "leave 9 to fine-tune"),
-          warmup_bn=Param("eval", "backbone BatchNorm in the warm-up: eval (source statistics "
-                                  "kept) or train (statistics follow the data)",
-                          choices=WARMUP_BN, paper="train", origin="official code",
-                          why="a frozen backbone whose statistics drift is not frozen; the "
-                              "official code's lr 0 in train mode lets them drift"))
+          ])
 def build_gtn(source: Backbone, num_classes: int, **params: Any) -> GatedTransferNetwork:
     return GatedTransferNetwork(source, num_classes, **params)

@@ -58,6 +58,7 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -65,7 +66,8 @@ from torch import nn
 
 from tlgates.backbones import Backbone
 from tlgates.methods.base import (
-    FROZEN_BATCHNORM, Deviation, Frozen, Param, TransferModel, frozen_and_trainable, register,
+    FROZEN_BATCHNORM, Deviation, Frozen, MethodConfig, TransferModel, frozen_and_trainable,
+    hyperparameter, register, varying_share,
 )
 
 TRANSFER_MODES = ("ptu", "finetune", "share")
@@ -164,7 +166,70 @@ class ConvPTU(nn.Module):
         return z[:, :, None, None] * a_s + r[:, :, None, None] * a_t, z, r
 
 
-class PTUNetwork(TransferModel):
+@dataclass(frozen=True)
+class _GateConfig(MethodConfig):
+    z_init: float = hyperparameter(0.5, "initial z of every gate (r starts at 1 − z): near 1 "
+                                        "starts near sharing, near 0 near fine-tuning",
+                                   low=0.01, high=0.99)
+    target_lr_scale: float = hyperparameter(1.0, "the target copies' learning rate as a "
+                                                 "fraction of the base lr", low=0.0, high=1.0)
+
+
+_GATE_LR_HELP = ("the gate biases' learning rate as a multiple of the base lr (the gate "
+                 "matrices U train at the base lr)")
+
+
+@dataclass(frozen=True)
+class PTUConfig(_GateConfig):
+    """The CNN form's hyperparameters."""
+
+    gate_lr_scale: float = hyperparameter(100.0, _GATE_LR_HELP, low=0.01, high=1000.0)
+    batchnorm: str = hyperparameter("eval", "BatchNorm of the frozen source layers: source "
+                                            "statistics (eval) or batch statistics (batch)",
+                                    choices=FROZEN_BATCHNORM)
+
+
+@dataclass(frozen=True)
+class RecurrentPTUConfig(_GateConfig):
+    """The recurrent form's gate hyperparameters."""
+
+    gate_lr_scale: float = hyperparameter(10.0, _GATE_LR_HELP, low=0.01, high=1000.0)
+
+
+@dataclass(frozen=True)
+class PTURNNConfig(RecurrentPTUConfig):
+    """``ptu-rnn``: the recurrent form, or its plain corners as baselines (``transfer``)."""
+
+    transfer: str = hyperparameter("ptu", "ptu (learned gates), finetune or share (the "
+                                          "corners (0, 1) and (1, 0) as plain networks)",
+                                   choices=TRANSFER_MODES)
+
+
+_FORCED_GATES = {"pretrained": (1.0, 0.0), "finetuned": (0.0, 1.0)}
+
+
+class _GatedByPTU(TransferModel):
+    """What the CNN and recurrent PTU networks share: forcing and summarising their gates."""
+
+    def _force(self, path: str | None) -> str | None:
+        gates = [m for m in self.modules() if isinstance(m, PTUGate)]
+        paths = {forced: name for name, forced in _FORCED_GATES.items()}
+        before = paths.get(gates[0].forced)
+        for gate in gates:
+            gate.forced = None if path is None else _FORCED_GATES[path]
+        return before
+
+    def decision_summary(self, decisions: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The source's weight in the mix, ``z / (z + r)``, is the pre-trained share."""
+        z, r = (decisions[name].flatten(1).float() for name in ("z", "r"))
+        return {"decides": "gates (z, r) mixing source and target activations per channel",
+                "choices per image": 2 * z.shape[1],
+                "pre-trained share": (z / (z + r).clamp_min(1e-8)).mean().item(),
+                "reading": f"mean z (source) {z.mean():.2f}, mean r (target) {r.mean():.2f}",
+                "varies between images": varying_share(torch.cat([z, r], dim=1))}
+
+
+class PTUNetwork(_GatedByPTU):
     """A backbone in which the stem and every block is a :class:`ConvPTU`, and a new head.
 
     ``logits = head(GAP(h_L))`` with ``h_l = unit_l(h_{l−1})``, ``h_0 = x``.
@@ -172,32 +237,23 @@ class PTUNetwork(TransferModel):
     Args:
         source: the pre-trained backbone (copied, never modified).
         num_classes: classes of the target task.
-        z_init: initial ``z`` of every gate (``r = 1 − z_init``).
-        gate_lr_scale: the gate biases' learning rate as a multiple of the base one (the gate
-            matrices ``U`` train at the base rate).
-        target_lr_scale: the target copies' learning rate as a fraction of the base one.
-        batchnorm: BatchNorm of the frozen source layers (``"eval"`` or ``"batch"``).
+        **hyperparameters: :class:`PTUConfig`.
 
     ``last_decisions`` holds ``"z"`` and ``"r"``, each ``(B, ΣC)``: the gates of every channel of
     every unit, in the order of ``layer_names`` (``layer_channels`` gives the sizes).
     """
 
-    def __init__(self, source: Backbone, num_classes: int, *, z_init: float = 0.5,
-                 gate_lr_scale: float = 100.0, target_lr_scale: float = 1.0,
-                 batchnorm: str = "eval"):
+    def __init__(self, source: Backbone, num_classes: int, **hyperparameters: Any):
         super().__init__()
-        _check_scales(gate_lr_scale, target_lr_scale)
-        if batchnorm not in FROZEN_BATCHNORM:
-            raise ValueError(f"batchnorm must be one of {', '.join(FROZEN_BATCHNORM)}, "
-                             f"got {batchnorm!r}")
+        hp = PTUConfig(**hyperparameters)
         layers = [source.stem, *source.blocks]
         self.layer_names = ["stem"] + [f"block {i + 1}" for i in range(len(source.blocks))]
         self.layer_channels = [_out_channels(source.stem), *source.block_channels]
         self.units = nn.ModuleList(
-            ConvPTU(layer, c, z_init=z_init, batchnorm=batchnorm)
+            ConvPTU(layer, c, z_init=hp.z_init, batchnorm=hp.batchnorm)
             for layer, c in zip(layers, self.layer_channels))
         self.head = nn.Linear(source.feature_dim, num_classes)
-        self.gate_lr_scale, self.target_lr_scale = gate_lr_scale, target_lr_scale
+        self.gate_lr_scale, self.target_lr_scale = hp.gate_lr_scale, hp.target_lr_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         zs, rs = [], []
@@ -224,13 +280,6 @@ class PTUNetwork(TransferModel):
                      y: torch.Tensor) -> dict[str, Any]:
         """Mean ``z`` and ``r``, and each channel's mean ``z`` and ``r`` over the examples."""
         return _gate_record(decisions)
-
-
-def _check_scales(gate_lr_scale: float, target_lr_scale: float) -> None:
-    if not gate_lr_scale > 0:
-        raise ValueError(f"gate_lr_scale must be > 0, got {gate_lr_scale!r}")
-    if not target_lr_scale >= 0:
-        raise ValueError(f"target_lr_scale must be ≥ 0, got {target_lr_scale!r}")
 
 
 def _gate_record(decisions: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -359,28 +408,27 @@ class RecurrentClassifier(TransferModel):
         return self.head(self.encoder(x))
 
 
-class RecurrentPTU(TransferModel):
+class RecurrentPTU(_GatedByPTU):
     """``logits = head(h_T)`` where ``h_T`` is the last state of a :class:`PTULSTM` reading the
     image row by row (see :class:`RowLSTM`).
 
     Args:
         source: the pre-trained :class:`RowLSTM` (copied, never modified).
         num_classes: classes of the target task.
-        z_init, gate_lr_scale, target_lr_scale: as for :class:`PTUNetwork`.
+        **hyperparameters: :class:`RecurrentPTUConfig`.
 
     ``last_decisions`` holds ``"z"`` and ``"r"``, each ``(B, T, H)``: the gates of every hidden
     unit at every time step (image row). ``layer_names`` and ``layer_channels`` describe the one
     gated layer, as for :class:`PTUNetwork`.
     """
 
-    def __init__(self, source: RowLSTM, num_classes: int, *, z_init: float = 0.5,
-                 gate_lr_scale: float = 10.0, target_lr_scale: float = 1.0):
+    def __init__(self, source: RowLSTM, num_classes: int, **hyperparameters: Any):
         super().__init__()
-        _check_scales(gate_lr_scale, target_lr_scale)
-        self.unit = PTULSTM(source.lstm, z_init=z_init)
+        hp = RecurrentPTUConfig(**hyperparameters)
+        self.unit = PTULSTM(source.lstm, z_init=hp.z_init)
         self.layer_names, self.layer_channels = ["LSTM"], [source.feature_dim]
         self.head = nn.Linear(source.feature_dim, num_classes)
-        self.gate_lr_scale, self.target_lr_scale = gate_lr_scale, target_lr_scale
+        self.gate_lr_scale, self.target_lr_scale = hp.gate_lr_scale, hp.target_lr_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, z, r = self.unit(RowLSTM.rows(x))
@@ -409,13 +457,6 @@ class RecurrentPTU(TransferModel):
 
 # ----------------------------------------------------------------------------- registry
 
-_Z_INIT = Param(0.5, "initial z of every gate (r starts at 1 − z): near 1 starts near "
-                     "sharing, near 0 near fine-tuning", low=0.01, high=0.99)
-_GATE_LR_HELP = "the gate biases' learning rate as a multiple of the base lr"
-_TARGET_LR = Param(1.0, "the target copies' learning rate as a fraction of the base lr",
-                   low=0.0, high=1.0)
-
-
 _NOT_STATED = "not stated in the abstract; no public code"
 _PTU_DEVIATIONS = [
     Deviation("gate equation", "z, r = σ(U·[a_s; a_t] + b), h = z ⊙ a_s + r ⊙ a_t",
@@ -429,33 +470,24 @@ _PTU_DEVIATIONS = [
 
 
 @register("ptu", "Parameter Transfer Unit: learned per-channel mix of a frozen source layer "
-                 "and its fine-tuned copy", paper="arXiv 1804.08613",
+                 "and its fine-tuned copy", PTUConfig, paper="arXiv 1804.08613",
           deviations=[*_PTU_DEVIATIONS,
                       Deviation("CNN gates", "per channel, from the pooled activations",
                                 _NOT_STATED, "one (z, r) point per channel; cheaper than a "
                                 "1×1 convolution per pixel", "reconstruction"),
                       Deviation("frozen source BatchNorm", "source statistics (batchnorm=eval)",
                                 _NOT_STATED, "the source layer stays the source network",
-                                "reconstruction")],
-          z_init=_Z_INIT, gate_lr_scale=Param(100.0, _GATE_LR_HELP, low=0.01, high=1000.0),
-          target_lr_scale=_TARGET_LR,
-          batchnorm=Param("eval", "BatchNorm of the frozen source layers: source statistics "
-                                  "(eval) or batch statistics (batch)",
-                          choices=FROZEN_BATCHNORM))
+                                "reconstruction")])
 def build_ptu(source: Backbone, num_classes: int, **params: Any) -> PTUNetwork:
     return PTUNetwork(source, num_classes, **params)
 
 
 @register("ptu-rnn", "PTU in an LSTM reading the image row by row (its own glyph-pretrained "
-                     "source LSTM)", paper="arXiv 1804.08613", source="row-lstm",
+                     "source LSTM)", PTURNNConfig, paper="arXiv 1804.08613", source="row-lstm",
           deviations=[*_PTU_DEVIATIONS,
                       Deviation("LSTM cell state", "c = (z ⊙ c_s + r ⊙ c_t) / (z + r)",
                                 _NOT_STATED, "without the normalisation training diverged",
-                                "reconstruction")],
-          transfer=Param("ptu", "ptu (learned gates), finetune or share (the corners (0, 1) "
-                                "and (1, 0) as plain networks)", choices=TRANSFER_MODES),
-          z_init=_Z_INIT, gate_lr_scale=Param(10.0, _GATE_LR_HELP, low=0.01, high=1000.0),
-          target_lr_scale=_TARGET_LR)
+                                "reconstruction")])
 def build_ptu_rnn(source: RowLSTM, num_classes: int, *, transfer: str,
                   **params: Any) -> TransferModel:
     """The recurrent form on a pretrained :class:`RowLSTM` source (``run_method`` passes the

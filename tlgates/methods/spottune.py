@@ -75,6 +75,7 @@ not checked against code (the official repository has no global variant).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -82,8 +83,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlgates.backbones import Backbone
-from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, Param, TransferModel, \
-    frozen_and_trainable, register
+from tlgates.methods.base import FROZEN_BATCHNORM, Deviation, MethodConfig, TransferModel, \
+    frozen_and_trainable, hyperparameter, per_class_mean, register, varying_share
 
 
 POLICY_NORMS = ("auto", "batch", "none")
@@ -165,70 +166,83 @@ def _run_chosen(frozen: nn.Module, tuned: nn.Module, h: torch.Tensor,
     return out
 
 
+@dataclass(frozen=True)
+class SpotTuneConfig(MethodConfig):
+    """SpotTune's hyperparameters. ``temperature`` (τ) scales only the policy's gradient;
+    ``lr_scale`` sets the learning rate of the stem, the fine-tuned blocks and the head as a
+    fraction of the loop's; ``policy_norm`` chooses standardised margins (``"batch"``) or the
+    plain policy (``"none"``) of :class:`PolicyNetwork`, ``"auto"`` the plain one for
+    SpotTune-Global; ``global_blocks`` (k) must not exceed the backbone's blocks."""
+
+    temperature: float = hyperparameter(5.0, "Gumbel-softmax temperature τ (scales the policy "
+                                             "gradient)", low=1e-3, high=100.0)
+    lr_scale: float = hyperparameter(0.2, "lr of stem, fine-tuned blocks and head, × the "
+                                          "loop's lr", low=0.0, high=1.0)
+    policy_lr: float = hyperparameter(
+        0.05, "peak learning rate of the policy network", low=1e-6, high=10.0, paper=0.01,
+        origin="official code", why="chosen on the validation split with the standardised "
+                                    "policy")
+    policy_weight_decay: float = hyperparameter(0.001, "weight decay of the policy network",
+                                                low=0.0, high=1.0)
+    policy_width: int = hyperparameter(8, "channels of the policy's first convolution", low=1,
+                                       high=256)
+    policy_size: int = hyperparameter(16, "side of the downsampled image the policy reads",
+                                      low=4, high=512)
+    policy_norm: str = hyperparameter(
+        "auto", "batch: standardised policy margins; none: plain policy; auto: none for "
+                "SpotTune-Global, else batch", choices=POLICY_NORMS, paper="none",
+        origin="official code",
+        why="the plain policy's routes collapsed to one route for all images on the small task")
+    policy_scale: float = hyperparameter(3.0, "spread s of the standardised margins",
+                                         low=1e-3, high=100.0)
+    usage_target: float = hyperparameter(0.5, "target fraction t of images fine-tuning each "
+                                              "block", low=0.0, high=1.0)
+    usage_weight: float = hyperparameter(
+        1.0, "λ_u of the usage target (0: off)", low=0.0, high=100.0, paper=0.0,
+        origin="official code", why="keeps each block's usage from drifting to all or no "
+                                    "images (ConvNet-AIG's target rate, arXiv 1711.11503)")
+    global_weight: float = hyperparameter(0.0, "λ_g of the SpotTune-Global penalty (0: off)",
+                                          low=0.0, high=100.0)
+    global_blocks: int = hyperparameter(2, "k, blocks SpotTune-Global fine-tunes (at most the "
+                                           "backbone's blocks; ResNet-50 has 16)", low=0,
+                                        high=16)
+    frozen_bn: str = hyperparameter(
+        "eval", "BatchNorm of the frozen copies: eval (source statistics), batch (statistics "
+                "follow the data) or train (scale and shift train too)", choices=FROZEN_PATHS,
+        paper="train", origin="official code",
+        why="a frozen copy that keeps the source network exactly")
+    sample_at_eval: bool = hyperparameter(False, "sample routes at evaluation (official code)",
+                                          paper=True, origin="official code",
+                                          why="a deterministic prediction for each image")
+
+
 class SpotTune(TransferModel):
     """A source backbone with a frozen and a fine-tuned copy of every block, and a policy.
 
     Args:
         source: the pre-trained backbone (copied, never modified).
         num_classes: classes of the target task.
-        temperature: ``τ`` of the Gumbel-softmax (> 0); scales the policy's gradient.
-        lr_scale: learning rate of the stem, the fine-tuned blocks and the head as a fraction
-            of the loop's learning rate.
-        policy_lr: peak learning rate of the policy network (its own parameter group).
-        policy_weight_decay: weight decay of the policy network.
-        policy_width: channels ``w`` of the policy's first convolution.
-        policy_size: side of the downsampled image the policy reads.
-        policy_norm: ``"batch"`` (standardised margins) or ``"none"`` (:class:`PolicyNetwork`);
-            ``"auto"``: ``"none"`` for SpotTune-Global (``global_weight > 0``), else ``"batch"``.
-        policy_scale: ``s``, the spread of the standardised margins.
-        usage_target: ``t``, the fraction of images each block should fine-tune for.
-        usage_weight: ``λ_u`` of the usage target (0: off).
-        global_weight: ``λ_g`` of the SpotTune-Global penalty (0: off).
-        global_blocks: ``k``, the number of blocks SpotTune-Global fine-tunes.
-        frozen_bn: BatchNorm of the frozen copies, ``"eval"``, ``"batch"`` or ``"train"``.
-        sample_at_eval: sample routes at evaluation too (default: deterministic argmax).
+        **hyperparameters: :class:`SpotTuneConfig`.
 
     ``last_decisions`` holds ``"route"`` (B×L, 1 = fine-tuned copy) and ``"p_finetune"``
     (B×L, the policy's probability ``softmax(α)_1`` of fine-tuning each block).
     """
 
-    def __init__(self, source: Backbone, num_classes: int, *, temperature: float = 5.0,
-                 lr_scale: float = 0.2, policy_lr: float = 0.05,
-                 policy_weight_decay: float = 0.001,
-                 policy_width: int = 8, policy_size: int = 16, policy_norm: str = "auto",
-                 policy_scale: float = 3.0, usage_target: float = 0.5,
-                 usage_weight: float = 1.0, global_weight: float = 0.0, global_blocks: int = 2,
-                 frozen_bn: str = "eval", sample_at_eval: bool = False):
+    def __init__(self, source: Backbone, num_classes: int, **hyperparameters: Any):
         super().__init__()
+        hp = SpotTuneConfig(**hyperparameters)
         num_blocks = len(source.blocks)
-        checks = [
-            ("temperature", temperature, temperature > 0, "must be > 0"),
-            ("lr_scale", lr_scale, 0 <= lr_scale <= 1, "must be in [0, 1]"),
-            ("policy_lr", policy_lr, policy_lr > 0, "must be > 0"),
-            ("policy_weight_decay", policy_weight_decay, policy_weight_decay >= 0,
-             "must be ≥ 0"),
-            ("policy_width", policy_width, policy_width >= 1, "must be an integer ≥ 1"),
-            ("policy_size", policy_size, policy_size >= 4, "must be an integer ≥ 4"),
-            ("usage_target", usage_target, 0 <= usage_target <= 1, "must be in [0, 1]"),
-            ("usage_weight", usage_weight, usage_weight >= 0, "must be ≥ 0"),
-            ("global_weight", global_weight, global_weight >= 0, "must be ≥ 0"),
-            ("global_blocks", global_blocks, 0 <= global_blocks <= num_blocks,
-             f"must be in [0, {num_blocks}] (the backbone's number of blocks)"),
-            ("policy_norm", policy_norm, policy_norm in POLICY_NORMS,
-             f"must be one of {', '.join(POLICY_NORMS)}"),
-            ("policy_scale", policy_scale, policy_scale > 0, "must be > 0"),
-            ("frozen_bn", frozen_bn, frozen_bn in FROZEN_PATHS,
-             f"must be one of {', '.join(FROZEN_PATHS)}"),
-        ]
-        for name, value, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{name} {rule}, got {value!r}")
-        self.temperature, self.policy_lr = temperature, policy_lr
-        self.lr_scale = lr_scale
-        self.policy_weight_decay = policy_weight_decay
-        self.usage_target, self.usage_weight = usage_target, usage_weight
-        self.global_weight, self.global_blocks = global_weight, global_blocks
-        self.sample_at_eval = sample_at_eval
+        if hp.global_blocks > num_blocks:
+            raise ValueError(f"global_blocks must be in [0, {num_blocks}] (the backbone's "
+                             f"number of blocks), got {hp.global_blocks}")
+        self.temperature, self.policy_lr = hp.temperature, hp.policy_lr
+        self.lr_scale = hp.lr_scale
+        self.policy_weight_decay = hp.policy_weight_decay
+        self.usage_target, self.usage_weight = hp.usage_target, hp.usage_weight
+        self.global_weight, self.global_blocks = hp.global_weight, hp.global_blocks
+        self.sample_at_eval = hp.sample_at_eval
+        self.force_path: str | None = None  # set by :meth:`forcing`
+        frozen_bn, policy_norm = hp.frozen_bn, hp.policy_norm
         self.stem = copy.deepcopy(source.stem).requires_grad_(True)
         pairs = [frozen_and_trainable(block, "batch" if frozen_bn == "train" else frozen_bn)
                  for block in source.blocks]
@@ -244,9 +258,9 @@ class SpotTune(TransferModel):
         self.head = nn.Linear(source.feature_dim, num_classes)
         in_channels = next(source.stem.parameters()).shape[1]
         if policy_norm == "auto":
-            policy_norm = "none" if global_weight > 0 else "batch"
-        self.policy = PolicyNetwork(num_blocks, policy_width, policy_size, in_channels,
-                                    policy_norm, policy_scale)
+            policy_norm = "none" if hp.global_weight > 0 else "batch"
+        self.policy = PolicyNetwork(num_blocks, hp.policy_width, hp.policy_size, in_channels,
+                                    policy_norm, hp.policy_scale)
 
     def routes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(I, p)``: the decisions ``I`` (B×L in {0, 1}, 1 = fine-tuned; straight-through
@@ -263,8 +277,11 @@ class SpotTune(TransferModel):
         """Class logits and the routes taken (B×L), from one pass.
 
         ``routes`` forces the decisions (a B×L or L tensor of 0/1; the policy is not run):
-        all zeros is the source network's blocks, all ones plain fine-tuning's.
+        all zeros is the source network's blocks, all ones plain fine-tuning's (what
+        :meth:`forcing` does for every forward pass).
         """
+        if routes is None and self.force_path is not None:
+            routes = torch.full((len(self.tuned_blocks),), float(self.force_path == "finetuned"))
         if routes is None:
             routes, p_finetune = self.routes(x)
             self.last_decisions = {"route": routes.detach(), "p_finetune": p_finetune.detach()}
@@ -316,14 +333,24 @@ class SpotTune(TransferModel):
         """Per-block usage (fraction of examples fine-tuning it), per class, distinct routes."""
         route = decisions["route"]
         num_classes = self.head.out_features
-        sums = torch.zeros(num_classes, route.shape[1]).index_add_(0, y, route.float())
-        by_class = sums / torch.bincount(y, minlength=num_classes).clamp(min=1)[:, None]
+        by_class = per_class_mean(route, y, num_classes)
         return {"usage": route.mean(dim=0).tolist(), "usage_by_class": by_class.tolist(),
                 "distinct_routes": len(torch.unique(route, dim=0))}
 
+    def decision_summary(self, decisions: dict[str, torch.Tensor]) -> dict[str, Any]:
+        route = decisions["route"].float()
+        return {"decides": "frozen or fine-tuned copy per residual block",
+                "choices per image": route.shape[1], "pre-trained share": 1 - route.mean().item(),
+                "reading": f"{len(torch.unique(route, dim=0))} distinct routes over the images",
+                "varies between images": varying_share(route)}
+
+    def _force(self, path: str | None) -> str | None:
+        before, self.force_path = self.force_path, path
+        return before
+
 
 @register("spottune", "SpotTune: a policy routes each image through frozen or fine-tuned "
-          "blocks", paper="arXiv 1811.08737", deviations=[
+          "blocks", SpotTuneConfig, paper="arXiv 1811.08737", deviations=[
               Deviation("policy network", "two convolutions on the image pooled to 16 px",
                         "a small ResNet on the full image", "cheap on a CPU; the policy "
                         "reads 32 px digits", "official code"),
@@ -333,41 +360,6 @@ class SpotTune(TransferModel):
               Deviation("SpotTune-Global penalty", "(Σ_l v_l − k)² + Σ_l H(v_l)",
                         "the paper's text", "our reading of the paper; no official code",
                         "reconstruction"),
-          ],
-          temperature=Param(5.0, "Gumbel-softmax temperature τ (scales the policy gradient)",
-                            low=1e-3, high=100.0),
-          lr_scale=Param(0.2, "lr of stem, fine-tuned blocks and head, × the loop's lr",
-                         low=0.0, high=1.0),
-          policy_lr=Param(0.05, "peak learning rate of the policy network", low=1e-6,
-                          high=10.0, paper=0.01, origin="official code",
-                          why="chosen on the validation split with the standardised policy"),
-          policy_weight_decay=Param(0.001, "weight decay of the policy network", low=0.0,
-                                    high=1.0),
-          policy_width=Param(8, "channels of the policy's first convolution", low=1, high=256),
-          policy_size=Param(16, "side of the downsampled image the policy reads", low=4,
-                            high=512),
-          policy_norm=Param("auto", "batch: standardised policy margins; none: plain policy; "
-                            "auto: none for SpotTune-Global, else batch", choices=POLICY_NORMS,
-                            paper="none", origin="official code",
-                            why="the plain policy's routes collapsed to one route for all "
-                                "images on the small task"),
-          policy_scale=Param(3.0, "spread s of the standardised margins", low=1e-3, high=100.0),
-          usage_target=Param(0.5, "target fraction t of images fine-tuning each block",
-                             low=0.0, high=1.0),
-          usage_weight=Param(1.0, "λ_u of the usage target (0: off)", low=0.0,
-                             high=100.0, paper=0.0, origin="official code",
-                             why="keeps each block's usage from drifting to all or no images "
-                                 "(ConvNet-AIG's target rate, arXiv 1711.11503)"),
-          global_weight=Param(0.0, "λ_g of the SpotTune-Global penalty (0: off)", low=0.0,
-                              high=100.0),
-          global_blocks=Param(2, "k, blocks SpotTune-Global fine-tunes", low=0, high=1000),
-          frozen_bn=Param("eval", "BatchNorm of the frozen copies: eval (source statistics), "
-                                  "batch (statistics follow the data) or train (scale and "
-                                  "shift train too)", choices=FROZEN_PATHS, paper="train",
-                          origin="official code",
-                          why="a frozen copy that keeps the source network exactly"),
-          sample_at_eval=Param(False, "sample routes at evaluation (official code)",
-                               paper=True, origin="official code",
-                               why="a deterministic prediction for each image"))
+          ])
 def build_spottune(source: Backbone, num_classes: int, **params: Any) -> SpotTune:
     return SpotTune(source, num_classes, **params)

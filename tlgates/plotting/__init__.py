@@ -6,6 +6,7 @@ a dashboard's background thread and displayed as the last value of a notebook ce
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,18 @@ import torch
 from matplotlib.figure import Figure
 
 from tlgates.train import History
+
+
+def class_labels(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """The class names to print: ``class_names``, or ``"0"``, ``"1"``, … when none are given."""
+    return list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+
+
+def draw_image(ax: Any, image: torch.Tensor) -> None:
+    """Draw one image ``(C, H, W)`` in [0, 1] on ``ax`` (grey when it has one channel), no axes."""
+    array = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+    ax.imshow(array[..., 0] if array.shape[2] == 1 else array, cmap="gray")
+    ax.set_axis_off()
 
 
 def show_images(images: torch.Tensor, labels: Sequence[str] | None = None, *, ncols: int = 10,
@@ -26,8 +39,7 @@ def show_images(images: torch.Tensor, labels: Sequence[str] | None = None, *, nc
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i < n:
-            image = images[i].detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
-            ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray")
+            draw_image(ax, images[i])
             if labels is not None:
                 ax.set_title(str(labels[i]), fontsize=8, pad=2)
     if title:
@@ -88,5 +100,21 @@ def plot_method_bars(frame: pd.DataFrame, *, title: str = "") -> Figure:
     low = float(np.floor(data["accuracy"].min() / 10) * 10)
     ax.set(ylim=(max(0.0, low - 10), 100), ylabel="test accuracy (%)", xlabel="",
            title=title or "Test accuracy (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_path_accuracies(table: pd.DataFrame, *, title: str = "") -> Figure:
+    """Bars of :func:`tlgates.train.path_accuracies`: the learned decisions against every
+    decision forced to one path, for the same trained model."""
+    fig = Figure(figsize=(5.5, 2.8))
+    ax = fig.subplots()
+    values = 100 * table["accuracy"].to_numpy()
+    ax.barh(table.index, values, color=["#7570b3", "#c9d6e8", "#d95f02"][:len(table)])
+    for i, v in enumerate(values):
+        ax.text(v + 0.5, i, f"{v:.1f}%", va="center", fontsize=9)
+    ax.set(xlim=(0, 105), xlabel="test accuracy (%)",
+           title=title or "Same trained model, decisions learned or forced")
+    ax.invert_yaxis()
     fig.tight_layout()
     return fig

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 
 from tlgates.methods.adafilter import AdaFilter, filters_that_vary
 from tlgates.train import Evaluation, evaluate
+from tlgates.methods.base import per_class_mean
+from tlgates.plotting import class_labels, draw_image
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -53,18 +55,6 @@ def usage_table(evaluation: Evaluation, layer_names: Sequence[str]) -> pd.DataFr
                      "always pre-trained": (1 - g.amax(dim=0)).float().mean().item(),
                      "vary by example": filters_that_vary(g).float().mean().item()})
     return pd.DataFrame(rows).set_index("layer")
-
-
-@torch.no_grad()
-def path_accuracies(model: AdaFilter, dataset: Dataset) -> pd.DataFrame:
-    """Accuracy on ``dataset`` with the learned gates, and with every gate forced to one path
-    (the same trained weights): what each path is worth on its own."""
-    rows = []
-    for label, path in (("learned gates", None), ("all pre-trained", "pretrained"),
-                        ("all fine-tuned", "finetuned")):
-        with model.forcing(path):
-            rows.append({"gates": label, "accuracy": evaluate(model, dataset).accuracy})
-    return pd.DataFrame(rows).set_index("gates")
 
 
 def plot_layer_usage(evaluation: Evaluation, layer_names: Sequence[str], *,
@@ -107,9 +97,8 @@ def plot_class_usage(evaluation: Evaluation, layer_names: Sequence[str],
     usage = usage_per_example(evaluation, layer_names)
     y = evaluation.y
     num_classes = len(class_names) if class_names is not None else int(y.max()) + 1
-    names = list(class_names) if class_names is not None else [str(c) for c in
-                                                               range(num_classes)]
-    means = np.stack([usage[y == c].mean(dim=0).numpy() for c in range(num_classes)])
+    names = class_labels(class_names, num_classes)
+    means = per_class_mean(usage, y, num_classes).numpy()
     fig = Figure(figsize=(12, 0.32 * num_classes + 2.6))
     ax_abs, ax_rel = fig.subplots(1, 2)
     sns.heatmap(means, ax=ax_abs, cmap="Oranges", vmin=0, vmax=1, annot=False,
@@ -163,13 +152,6 @@ def _filter_grid(evaluation: Evaluation, layer_names: Sequence[str], index: int)
     return grid
 
 
-def _show_image(ax: Axes, image: torch.Tensor, title: str) -> None:
-    array = image.permute(1, 2, 0).clamp(0, 1).numpy()
-    ax.imshow(array[..., 0] if array.shape[2] == 1 else array, cmap="gray")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-
-
 def _draw_grid(ax: Axes, grid: np.ndarray, layer_names: Sequence[str], title: str,
                cmap: Colormap = PATH_COLORS) -> None:
     ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=1,
@@ -186,13 +168,13 @@ def plot_filter_map(evaluation: Evaluation, images: torch.Tensor, index: int,
     pre-trained filter (white: the layer has fewer filters)."""
     y = int(evaluation.y[index])
     pred = int(evaluation.predictions[index])
-    names = list(class_names) if class_names is not None else None
-    label = names[y] if names else str(y)
-    guess = names[pred] if names else str(pred)
+    names = class_labels(class_names, evaluation.logits.shape[1])
+    label, guess = names[y], names[pred]
     grid = _filter_grid(evaluation, layer_names, index)
     fig = Figure(figsize=(12, 3.4))
     ax_img, ax_map = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 6]})
-    _show_image(ax_img, images[index], f"image {index}\nclass '{label}', predicted '{guess}'")
+    draw_image(ax_img, images[index])
+    ax_img.set_title(f"image {index}\nclass '{label}', predicted '{guess}'", fontsize=9)
     _draw_grid(ax_map, grid, layer_names,
                f"Filter map: {np.nanmean(grid):.0%} of this image's filters fine-tuned "
                "(orange) — the rest pre-trained (blue)")
@@ -205,7 +187,7 @@ def plot_filter_map_pair(evaluation: Evaluation, images: torch.Tensor, first: in
                          class_names: Sequence[str] | None = None) -> Figure:
     """Two images, their filter maps, and where their decisions differ (black), with the
     fraction of filters on the same path per layer."""
-    names = list(class_names) if class_names is not None else None
+    names = class_labels(class_names, evaluation.logits.shape[1])
     grids = [_filter_grid(evaluation, layer_names, i) for i in (first, second)]
     differ = np.where(np.isnan(grids[0]), np.nan, (grids[0] != grids[1]).astype(float))
     same = 1 - np.nanmean(differ, axis=1)
@@ -213,8 +195,8 @@ def plot_filter_map_pair(evaluation: Evaluation, images: torch.Tensor, first: in
     axes = fig.subplots(2, 3, gridspec_kw={"width_ratios": [1, 6, 6]})
     for row, (i, grid) in enumerate(zip((first, second), grids)):
         label = int(evaluation.y[i])
-        _show_image(axes[row, 0], images[i],
-                    f"image {i}\nclass '{names[label] if names else label}'")
+        draw_image(axes[row, 0], images[i])
+        axes[row, 0].set_title(f"image {i}\nclass '{names[label]}'", fontsize=9)
         _draw_grid(axes[row, 1], grid, layer_names, f"filter map of image {i} "
                    "(orange: fine-tuned)")
     axes[1, 2].set_axis_off()
@@ -337,22 +319,7 @@ def plot_memory_ablation(evaluation: Evaluation, wiped: Evaluation,
     return fig
 
 
-def plot_path_accuracies(table: pd.DataFrame, *, title: str = "") -> Figure:
-    """Bars of :func:`path_accuracies`: learned gates vs every gate on one path."""
-    fig = Figure(figsize=(5.5, 2.8))
-    ax = fig.subplots()
-    values = 100 * table["accuracy"].to_numpy()
-    ax.barh(table.index, values, color=["#7570b3", "#c9d6e8", "#d95f02"][:len(table)])
-    for i, v in enumerate(values):
-        ax.text(v + 0.5, i, f"{v:.1f}%", va="center", fontsize=9)
-    ax.set(xlim=(0, 105), xlabel="test accuracy (%)",
-           title=title or "Same trained model, gates learned or forced")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    return fig
-
-
-def plot_adafilter_run(result: RunResult) -> Figure:
+def dashboard_view(result: RunResult) -> Figure:
     """Dashboard view: fine-tuned filters per layer (per example) and per class, for the last
     seed's model on its test split."""
     if result.model is None or result.task is None:

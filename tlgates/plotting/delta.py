@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from tlgates.backbones import Backbone
 from tlgates.methods.delta import DELTA, ChannelAttention, FeatureMapRegularization, stage_maps
 from tlgates.train import History
+from tlgates.methods.base import per_class_mean
+from tlgates.plotting import draw_image
 
 if TYPE_CHECKING:
     from tlgates.experiment import RunResult
@@ -74,12 +76,6 @@ def discrepancy_maps(backbone: Backbone, source: Backbone, x: torch.Tensor,
     return regularizer.spatial(src, target, weighted=weighted)
 
 
-def _show_image(ax, image: torch.Tensor) -> None:
-    img = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
-    ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray")
-    ax.set_axis_off()
-
-
 def plot_attention_maps(models: Mapping[str, Backbone], source: Backbone, image: torch.Tensor,
                         regularizer: FeatureMapRegularization, blocks: Sequence[int], *,
                         title: str = "") -> Figure:
@@ -104,13 +100,13 @@ def plot_attention_maps(models: Mapping[str, Backbone], source: Backbone, image:
     size = image.shape[-2:]
     names = _layer_names(blocks)
     for row, (label, weighted, maps) in enumerate(rows):
-        _show_image(axes[row, 0], image)
+        draw_image(axes[row, 0], image)
         axes[row, 0].set_title(f"{label}\n{'attention-weighted' if weighted else 'unweighted'}",
                                fontsize=8)
         for layer, m in enumerate(maps):
             ax = axes[row, layer + 1]
             up = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)
-            _show_image(ax, image)
+            draw_image(ax, image)
             ax.imshow(up[0, 0].numpy(), cmap="inferno", alpha=0.65, vmin=0,
                       vmax=scale[(weighted, layer)])
             top = names[layer] + "\n" if row == 0 else ""
@@ -161,8 +157,7 @@ def plot_distance_by_class(distances: torch.Tensor, y: torch.Tensor,
     """Classes × layers heatmap of the mean weighted distance to the source (``distances``:
     ``(N, L)`` from :meth:`DELTA.distances`), each layer scaled by its mean over classes."""
     num_classes = len(class_names)
-    sums = torch.zeros(num_classes, distances.shape[1]).index_add_(0, y, distances.float())
-    means = sums / torch.bincount(y, minlength=num_classes).clamp(min=1)[:, None]
+    means = per_class_mean(distances, y, num_classes)
     relative = (means / means.mean(dim=0).clamp_min(1e-12)).numpy()
     fig = Figure(figsize=(5.5, 0.3 * num_classes + 1.6))
     ax = fig.subplots()
@@ -232,7 +227,7 @@ def plot_alpha_sweep(frame: pd.DataFrame, references: Mapping[str, float] | None
     return fig
 
 
-def plot_run(result: RunResult) -> Figure:
+def dashboard_view(result: RunResult) -> Figure:
     """Dashboard view of a ``delta``/``fml2`` run: the channel weights of the last seed (sorted,
     one line per layer) and Ω per layer over its epochs."""
     model = result.model

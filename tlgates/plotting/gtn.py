@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 
 from tlgates.methods.gtn import GatedTransferNetwork
 from tlgates.train import Evaluation, evaluate
+from tlgates.methods.base import per_class_mean
+from tlgates.plotting import class_labels, draw_image
 
 if TYPE_CHECKING:
     from tlgates.experiment import RunResult
@@ -24,9 +26,7 @@ if TYPE_CHECKING:
 
 def class_mean_gates(gates: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean gate of every class and channel: ``(num_classes, D)``."""
-    sums = torch.zeros(num_classes, gates.shape[1]).index_add_(0, y, gates.float())
-    counts = torch.bincount(y, minlength=num_classes).clamp(min=1)
-    return sums / counts[:, None]
+    return per_class_mean(gates, y, num_classes)
 
 
 def gate_variance_shares(gates: torch.Tensor, y: torch.Tensor,
@@ -128,8 +128,7 @@ def plot_switched_off(evaluation: Evaluation, images: torch.Tensor, cls: int, *,
     detects), titled with their class and their gate on that channel."""
     gates, features, y = (evaluation.decisions["gate"], evaluation.decisions["feature"],
                           evaluation.y)
-    names = list(class_names) if class_names is not None else [str(c) for c in
-                                                               range(int(y.max()) + 1)]
+    names = class_labels(class_names, int(y.max()) + 1)
     table = switched_off_channels(gates, y, cls, k)
     fig = Figure(figsize=(1.25 * (n_images + 2), 1.5 * k + 0.6))
     axes = fig.subplots(k, n_images + 1, squeeze=False,
@@ -142,9 +141,7 @@ def plot_switched_off(evaluation: Evaluation, images: torch.Tensor, cls: int, *,
         top = torch.argsort(features[:, channel], descending=True)[:n_images]
         for col, i in enumerate(top.tolist(), start=1):
             ax = axes[row, col]
-            ax.set_axis_off()
-            image = images[i].permute(1, 2, 0).clamp(0, 1).numpy()
-            ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray")
+            draw_image(ax, images[i])
             ax.set_title(f"'{names[int(y[i])]}' g={gates[i, channel]:.2f}", fontsize=8, pad=2)
     fig.suptitle(f"Channels that class '{names[cls]}' switches off most, and the images that "
                  "excite them most", fontsize=10)
@@ -162,8 +159,7 @@ def plot_example(model: GatedTransferNetwork, evaluation: Evaluation, images: to
     gates, features, y = (evaluation.decisions["gate"], evaluation.decisions["feature"],
                           evaluation.y)
     num_classes = evaluation.logits.shape[1]
-    names = list(class_names) if class_names is not None else [str(c) for c in
-                                                               range(num_classes)]
+    names = class_labels(class_names, num_classes)
     label = int(y[index])
     class_mean = gates[y == label].mean(dim=0)
     order = torch.argsort(-class_mean)
@@ -174,9 +170,7 @@ def plot_example(model: GatedTransferNetwork, evaluation: Evaluation, images: to
     without = model.classify(f).softmax(1)[0].cpu()
     fig = Figure(figsize=(12, 2.9))
     ax_img, ax_gate, ax_prob = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 3.2, 2.2]})
-    image = images[index].permute(1, 2, 0).clamp(0, 1).numpy()
-    ax_img.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray")
-    ax_img.set_axis_off()
+    draw_image(ax_img, images[index])
     ax_img.set_title(f"test image {index}\ntrue class '{names[label]}'", fontsize=9)
     rank = np.arange(len(order))
     ax_gate.plot(rank, class_mean[order].numpy(), color="black", lw=1.5,
@@ -245,7 +239,7 @@ def plot_gate_epochs(history_frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_gtn_run(result: RunResult) -> Figure:
+def dashboard_view(result: RunResult) -> Figure:
     """Dashboard view: the class × channel gate heatmap of the last seed's model on its test
     split (or a note when the variant has no gate)."""
     if result.model is None or result.task is None:

@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from tlgates.train import evaluate
+from tlgates.plotting import class_labels, draw_image
 
 if TYPE_CHECKING:
     from tlgates.experiment import RunResult
@@ -251,8 +252,7 @@ def plot_class_gates(z: torch.Tensor, r: torch.Tensor, y: torch.Tensor,
     """Classes × layers: the mean ``z`` and ``r`` of each class, as the difference from the
     layer's mean over all examples (red: this class shares / adapts more than the others)."""
     num_classes = len(class_names) if class_names is not None else int(y.max()) + 1
-    names = list(class_names) if class_names is not None else [str(c) for c in
-                                                               range(num_classes)]
+    names = class_labels(class_names, num_classes)
     fig = Figure(figsize=(3.2 + 1.2 * len(layer_names), 0.32 * num_classes + 1.6))
     axes = fig.subplots(1, 2)
     for ax, gates, label in zip(axes, (z, r), ("z (shares)", "r (adapts)")):
@@ -296,8 +296,8 @@ def plot_rnn_example(image: torch.Tensor, z: torch.Tensor, r: torch.Tensor, *,
     (rows aligned with the image's), and the mean ``z`` and ``r`` of each row."""
     fig = Figure(figsize=(10, 3.3))
     ax_img, ax_map, ax_rows = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 2.2, 1.3]})
-    picture = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
-    ax_img.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray")
+    draw_image(ax_img, image)
+    ax_img.set_axis_on()  # its rows are the time steps
     ax_img.set(title=f"input{f' ({label})' if label else ''}", ylabel="row (time step)",
                xticks=[])
     diff = (z - r).float().numpy()  # (T, H)
@@ -335,7 +335,7 @@ def plot_transfer_results(frame: pd.DataFrame, *, title: str = "") -> Figure:
     return fig
 
 
-def plot_ptu_run(result: RunResult) -> Figure:
+def dashboard_view(result: RunResult) -> Figure:
     """Dashboard view: the gate plane of the last seed's model on its test split (or a note
     when the model has no gates, as the recurrent baselines)."""
     if result.model is None or result.task is None:

@@ -21,8 +21,9 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch
 
-from tlgates.plotting import plot_history
+from tlgates.plotting import class_labels, draw_image, plot_history
 from tlgates.train import Evaluation, evaluate
+from tlgates.methods.base import per_class_mean
 
 if TYPE_CHECKING:
     from tlgates.experiment import RunResult
@@ -39,7 +40,7 @@ def route_names(routes: torch.Tensor) -> list[str]:
 def route_table(routes: torch.Tensor, y: torch.Tensor,
                 class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """How many test images took each route, most frequent first, with their classes."""
-    names = _class_names(y, class_names)
+    names = class_labels(class_names, int(y.max()) + 1)
     frame = pd.DataFrame({"route": route_names(routes), "class": [names[i] for i in y.tolist()]})
     table = frame.groupby("route")["class"].agg(
         images="size", classes=lambda c: ", ".join(f"{k}×{v}" for k, v in
@@ -49,18 +50,12 @@ def route_table(routes: torch.Tensor, y: torch.Tensor,
 
 def class_usage(routes: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Fraction of each class's images that fine-tune each block: ``(num_classes, L)``."""
-    sums = torch.zeros(num_classes, routes.shape[1]).index_add_(0, y, routes.float())
-    return sums / torch.bincount(y, minlength=num_classes).clamp(min=1)[:, None]
+    return per_class_mean(routes, y, num_classes)
 
 
 def _legend(ax: Axes, **kwargs: object) -> None:
     ax.legend(handles=[Patch(color=FROZEN_COLOR, label="frozen (pre-trained) copy"),
                        Patch(color=TUNED_COLOR, label="fine-tuned copy")], **kwargs)
-
-
-def _class_names(y: torch.Tensor, class_names: Sequence[str] | None) -> list[str]:
-    return list(class_names) if class_names is not None else [str(c) for c in
-                                                              range(int(y.max()) + 1)]
 
 
 def draw_routing_matrix(ax: Axes, routes: torch.Tensor, y: torch.Tensor,
@@ -108,7 +103,7 @@ def plot_routing_matrix(routes: torch.Tensor, y: torch.Tensor,
     within a class, by route. Classes are separated by white lines."""
     fig = Figure(figsize=(11, 0.45 * routes.shape[1] + 1.6))
     ax = fig.subplots()
-    draw_routing_matrix(ax, routes, y, _class_names(y, class_names))
+    draw_routing_matrix(ax, routes, y, class_labels(class_names, int(y.max()) + 1))
     _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2, fontsize=8,
             frameon=False)
     fig.tight_layout()
@@ -119,7 +114,7 @@ def plot_usage(routes: torch.Tensor, y: torch.Tensor, history: pd.DataFrame | No
                class_names: Sequence[str] | None = None) -> Figure:
     """Usage (fraction of images fine-tuning each block): per block, per class × block, and
     per block over the training epochs (on the validation set) when ``history`` is given."""
-    names = _class_names(y, class_names)
+    names = class_labels(class_names, int(y.max()) + 1)
     panels = 3 if history is not None and "usage" in history else 2
     fig = Figure(figsize=(4.2 * panels, 3.4))
     axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1, 1.3, 1.4][:panels]})
@@ -142,8 +137,7 @@ def plot_class_usage_epochs(history: pd.DataFrame,
     that fine-tuned the block after each epoch."""
     by_class = np.array(history["usage_by_class"].tolist())  # epochs × classes × blocks
     epochs, num_classes, num_blocks = by_class.shape
-    names = list(class_names) if class_names is not None else [str(c) for c in
-                                                               range(num_classes)]
+    names = class_labels(class_names, num_classes)
     fig = Figure(figsize=(3.0 * num_blocks + 1, 0.22 * num_classes + 1.6))
     axes = fig.subplots(1, num_blocks, sharey=True, squeeze=False)[0]
     epoch_labels = [str(e) if (e - 1) % 5 == 0 else "" for e in history["epoch"]]
@@ -193,7 +187,7 @@ def plot_route_gallery(images: torch.Tensor, routes: torch.Tensor, y: torch.Tens
                        class_names: Sequence[str] | None = None, *, top: int = 5,
                        per_route: int = 8) -> Figure:
     """The ``top`` most frequent routes, each with ``per_route`` of its images."""
-    names = _class_names(y, class_names)
+    names = class_labels(class_names, int(y.max()) + 1)
     table = route_table(routes, y, names).head(top)
     labels = route_names(routes)
     fig = Figure(figsize=(1.0 * per_route + 2.6, 1.15 * len(table) + 0.5))
@@ -211,7 +205,7 @@ def plot_route_gallery(images: torch.Tensor, routes: torch.Tensor, y: torch.Tens
             ax.set_axis_off()
             if col < len(members):
                 i = members[col]
-                ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
+                draw_image(ax, images[i])
                 ax.set_title(names[int(y[i])], fontsize=7, pad=1)
     fig.suptitle("The most frequent routes and some of their test images (1 = fine-tuned)",
                  fontsize=10)
@@ -224,16 +218,14 @@ def plot_example(evaluation: Evaluation, images: torch.Tensor, index: int,
     """One test image: the image, its route through the blocks with the policy's
     probabilities, its class probabilities, and other images that took the same route."""
     y, routes = evaluation.y, evaluation.decisions["route"]
-    names = list(class_names) if class_names is not None else [str(c) for c in
-                                                               range(evaluation.logits.shape[1])]
+    names = class_labels(class_names, evaluation.logits.shape[1])
     probs = evaluation.logits[index].softmax(dim=0)
     pred = int(probs.argmax())
     fig = Figure(figsize=(12, 4.4))
     outer = fig.add_gridspec(2, 1, height_ratios=[2.3, 1])
     ax_img, ax_route, ax_prob = (fig.add_subplot(cell) for cell in
                                  outer[0].subgridspec(1, 3, width_ratios=[1.3, 5, 1.7]))
-    ax_img.imshow(images[index].permute(1, 2, 0).clamp(0, 1).numpy())
-    ax_img.set_axis_off()
+    draw_image(ax_img, images[index])
     verdict = "right" if pred == int(y[index]) else "wrong"
     ax_img.set_title(f"test image {index}\ntrue '{names[int(y[index])]}', predicted "
                      f"'{names[pred]}'\n{probs[pred]:.0%} confident ({verdict})", fontsize=9)
@@ -254,7 +246,7 @@ def plot_example(evaluation: Evaluation, images: torch.Tensor, index: int,
         ax = fig.add_subplot(cell)
         ax.set_axis_off()
         if col < len(shown):
-            ax.imshow(images[shown[col]].permute(1, 2, 0).clamp(0, 1).numpy())
+            draw_image(ax, images[shown[col]])
             ax.set_title(names[int(y[shown[col]])], fontsize=7, pad=1)
     fig.text(0.01, 0.31, f"{len(same)} other test images ({len(same) / max(1, len(y) - 1):.0%})"
                          f" took the same route; {len(shown)} of them, with their true class:",
@@ -263,7 +255,7 @@ def plot_example(evaluation: Evaluation, images: torch.Tensor, index: int,
     return fig
 
 
-def plot_spottune_run(result: RunResult) -> Figure:
+def dashboard_view(result: RunResult) -> Figure:
     """Dashboard view of a finished ``spottune`` run (last seed): the routing matrix on the test
     split, usage per block, and usage per block during training. For a method without routes
     (fine-tuning, for comparison) it shows the training curves."""
