@@ -11,6 +11,7 @@ SCRIPTS = {
     "bench_spottune.py": [],
     "bench_adafilter.py": [],
     "bench_ptu.py": ["--hidden", "8"],
+    "bench_peft.py": [],
     # the real source model would be trained first; a random ResNet-18 on tiny images is quick
     "bench_delta.py": ["--arch", "resnet18", "--size", "16", "--examples", "2", "--repeats", "1"],
 }

@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from tlgates.methods.base import (
-    METHODS, ORIGINS, PATHS, PRESETS, SUMMARY_COLUMNS, Classifier, Deviation, Frozen,
+    LAYER_GROUPS, METHODS, ORIGINS, PATHS, PRESETS, SUMMARY_COLUMNS, Classifier, Deviation, Frozen,
     MethodConfig, MethodSpec, Param, TransferModel, build_method, frozen_and_trainable,
     get_method, hyperparameter, register,
 )
@@ -15,6 +15,7 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "ORIGINS", "PATHS", "PRESETS", "SUMMARY_COLUMNS", "Classifier",
-           "Deviation", "Frozen", "MethodConfig", "MethodSpec", "Param", "TransferModel",
-           "build_method", "frozen_and_trainable", "get_method", "hyperparameter", "register"]
+__all__ = ["LAYER_GROUPS", "METHODS", "ORIGINS", "PATHS", "PRESETS", "SUMMARY_COLUMNS",
+           "Classifier", "Deviation", "Frozen", "MethodConfig", "MethodSpec", "Param",
+           "TransferModel", "build_method", "frozen_and_trainable", "get_method",
+           "hyperparameter", "register"]

@@ -166,6 +166,34 @@ def frozen_and_trainable(module: nn.Module,
     return Frozen(copy.deepcopy(module), batchnorm), copy.deepcopy(module).requires_grad_(True)
 
 
+#: Which layers a parameter-efficient method adapts: all of them, or the stages in the first
+#: (``"early"``: the stem included) or the second (``"late"``) half of the network.
+LAYER_GROUPS = ("all", "early", "late")
+
+
+def convolutions(backbone: Backbone, layers: str = "all") -> list[tuple[str, nn.Conv2d]]:
+    """The ``(name, conv)`` pairs of ``backbone``'s convolutions in a layer group."""
+    if layers not in LAYER_GROUPS:
+        raise ValueError(f"layers must be one of {', '.join(LAYER_GROUPS)}, got {layers!r}")
+    stages = len(backbone.stage_ends)
+    first_late_block = backbone.stage_ends[(stages + 1) // 2 - 1] + 1
+    found = []
+    for name, module in backbone.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        block = int(name.split(".")[1]) if name.startswith("blocks.") else -1
+        late = block >= first_late_block
+        if layers == "all" or (layers == "late") == late:
+            found.append((name, module))
+    return found
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in the place of ``root``'s submodule called ``name`` (dotted)."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
 class Classifier(TransferModel):
     """``logits = head(backbone(x))``: a copy of the source backbone and a new linear head."""
 
