@@ -3,8 +3,11 @@ trains only what it claims, with the parameter count its formula gives, and LoRA
 adapters' merged forms compute what their two-path forms compute."""
 import copy
 
+import pandas as pd
+
 import pytest
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from tlgates.backbones import torchvision_resnet
@@ -130,3 +133,21 @@ def test_unsupported_convolutions_are_named(source):
         LoRAConv2d(nn.Conv2d(4, 4, 3, groups=2), 2, 2.0)
     with pytest.raises(ValueError, match="3×3 convolution with padding 1"):
         ParallelAdapter(nn.Conv2d(4, 4, 1))
+
+
+def test_weight_change_is_zero_where_nothing_moved_and_seen_where_it_did(source, batch,
+                                                                         one_step):
+    from tlgates.methods.base import trainable_parameters
+    from tlgates.plotting import peft as plots
+
+    tuned = build_method("finetune", source, 3)
+    assert plots.weight_change(tuned.merged_backbone(), source).eq(0).all()
+    lora = _perturbed("lora", source, layers="late")
+    change = plots.weight_change(lora.merged_backbone(), source)
+    assert change[["stem", "block 1", "block 2"]].eq(0).all()
+    assert (change[["block 3", "block 4"]] > 0).all()
+    frame = pd.DataFrame({"method": ["lora", "lora", "bnfit"], "accuracy": [0.8, 0.82, 0.7],
+                          "trainable": [trainable_parameters(lora)] * 2 + [500]})
+    figures = [plots.plot_weight_change(change.to_frame("lora")),
+               plots.plot_accuracy_vs_parameters(frame)]
+    assert all(isinstance(f, Figure) for f in figures)

@@ -188,6 +188,11 @@ def convolutions(backbone: Backbone, layers: str = "all") -> list[tuple[str, nn.
     return found
 
 
+def trainable_parameters(model: nn.Module) -> int:
+    """How many numbers training changes: the parameters that require a gradient."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` in the place of ``root``'s submodule called ``name`` (dotted)."""
     parent_name, _, child = name.rpartition(".")
@@ -205,6 +210,11 @@ class Classifier(TransferModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def merged_backbone(self) -> Backbone:
+        """The backbone this model computes, as a plain :class:`Backbone`: what must be stored
+        per task besides the head (parameter-efficient methods merge their updates in)."""
+        return self.backbone.module if isinstance(self.backbone, Frozen) else self.backbone
 
 
 # ----------------------------------------------------------------------------- registry

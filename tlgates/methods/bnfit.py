@@ -41,10 +41,6 @@ class BNFit(Classifier):
                 module.bias.requires_grad_(True)
                 module.weight.requires_grad_(not hp.shift_only)
 
-    def merged_backbone(self) -> Backbone:
-        """The backbone to store for this task: the source's with its own BatchNorm."""
-        return self.backbone
-
 
 @register("bnfit", "BitFit / BatchNorm-only tuning: train BatchNorm's scale and shift and the "
           "head", BNFitConfig, paper="arXiv 2106.10199, 2003.00152", deviations=[
