@@ -41,6 +41,7 @@ NOTEBOOKS = [
     "04_adafilter.ipynb",
     "05_ptu.ipynb",
     "06_comparison.ipynb",
+    "07_parameter_efficient.ipynb",
 ]
 
 KERNEL_IDLE_TIMEOUT_MS = 120_000  # kernel start (the first import of torch is slow)

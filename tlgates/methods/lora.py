@@ -15,6 +15,11 @@ convolution with the weight ``(α/r)·B·A`` reshaped, so the update can be **me
 outputs, one convolution's cost), and :meth:`LoRA.merged_backbone` gives a plain backbone
 with the merged weights — all that must be stored per task besides the head.
 
+The default α = 1 (a scale α/r = ¼ at rank 4) was chosen on the validation split of the 5-shot
+digits among 0.25, 1 and 4 (3 seeds; mean validation accuracy 75.7, 75.7 and 52.2 %: at α = 4
+training was unstable on some seeds, the one-cycle peak learning rate acting on the product
+B·A).
+
 Ours: the factorisation of a convolution (the paper has only matrices), ``A``'s initialisation
 (PyTorch's default for a convolution, Kaiming-uniform), which convolutions are adapted
 (``layers``), BatchNorm frozen in its scale and shift with running statistics that follow the
@@ -71,7 +76,7 @@ class LoRAConv2d(nn.Module):
 @dataclass(frozen=True)
 class LoRAConfig(MethodConfig):
     rank: int = hyperparameter(4, "rank r of the update ΔW = (α/r)·B·A", low=1, high=64)
-    alpha: float = hyperparameter(4.0, "α: the update is scaled by α/r", low=0.01, high=256.0)
+    alpha: float = hyperparameter(1.0, "α: the update is scaled by α/r", low=0.01, high=256.0)
     layers: str = hyperparameter("all", "which convolutions get an update: all, the early or "
                                         "the late half of the stages", choices=LAYER_GROUPS)
     merge_for_inference: bool = hyperparameter(False, "at evaluation, run the merged "
