@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from tlgates.__main__ import main
 from tlgates.backbones import tiny_resnet
-from tlgates.dashboard import Dashboard, recipe_control, result_row
+from tlgates.dashboard import Dashboard, recipe_control, result_row, results_frame
 from tlgates.experiment import RunResult, deviation_frame
 from tlgates.methods import METHODS, ORIGINS, PRESETS, build_method, get_method
 from tlgates.methods.delta import (
@@ -272,6 +272,8 @@ def test_results_rows_show_only_the_runs_settings_and_no_std_of_one_seed():
     assert "alpha" not in row and row["± std"] == "—"
     several = RunResult("finetune", "digits", 5, [0, 1], [0.8, 0.9], 1.0, {})
     assert result_row({"shots": 5}, several)["± std"] == pytest.approx(7.1)
+    table = results_frame([{"method": "lora", "rank": 4}, {"method": "bnfit"}])
+    assert table["rank"].tolist() == [4, "—"] and "nan" not in table.to_string()
 
 
 def test_recipe_menu_moves_the_sliders_to_the_papers_values():

@@ -85,6 +85,12 @@ def result_row(values: dict[str, Any], result: RunResult) -> dict[str, Any]:
     return {**row, **accuracy_cells(result), "seconds": round(result.seconds, 1)}
 
 
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The results table: one row per run, "—" where a setting is not one of that run's
+    method, every value as it was set (an integer stays an integer)."""
+    return pd.DataFrame(rows, dtype=object).fillna("—")
+
+
 def _figure_output(fig: Figure) -> dict[str, Any]:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -218,7 +224,6 @@ class Dashboard(widgets.VBox):
         self.curves.outputs = (_figure_output(fig),)
 
     def _show_table(self) -> None:
-        # "—": not a setting of that run's method
-        frame = pd.DataFrame(self.results).astype(object).fillna("—")
+        frame = results_frame(self.results)
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="run")
         self.table.outputs = (_html_output(frame.to_html(), frame.to_string()),)
