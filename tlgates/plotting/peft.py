@@ -42,7 +42,7 @@ def plot_weight_change(changes: pd.DataFrame, *, title: str = "") -> Figure:
     ax = fig.subplots()
     for method in changes.columns:
         ax.plot(changes.index, changes[method], marker="o", label=method)
-    ax.set(yscale="symlog", ylabel="‖W − W⁰‖ / ‖W⁰‖", xlabel="layer",
+    ax.set(ylim=(0, None), ylabel="‖W − W⁰‖ / ‖W⁰‖", xlabel="layer",
            title=title or "Where each method changed the source's weights")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -58,7 +58,7 @@ def plot_accuracy_vs_parameters(frame: pd.DataFrame, *, title: str = "") -> Figu
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     sns.stripplot(data=data, x="trainable", y="accuracy", hue="method", native_scale=True,
-                  log_scale=True, jitter=0.02, ax=ax, size=5)
+                  log_scale=(True, False), jitter=0.02, ax=ax, size=5)
     means = data.groupby("method", sort=False)[["trainable", "accuracy"]].mean()
     for method, (x, y) in means.iterrows():
         ax.annotate(method, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
