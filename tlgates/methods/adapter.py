@@ -19,7 +19,6 @@ convolutions get one (``layers``).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,8 @@ from torch import nn
 
 from tlgates.backbones import Backbone
 from tlgates.methods.base import (
-    LAYER_GROUPS, Classifier, Deviation, MethodConfig, convolutions, hyperparameter, register,
-    replace_module,
+    LAYER_GROUPS, Classifier, Deviation, MethodConfig, convolutions, hyperparameter, merged_copy,
+    register, replace_module,
 )
 
 
@@ -89,13 +88,7 @@ class ResidualAdapters(Classifier):
 
     def merged_backbone(self) -> Backbone:
         """A plain backbone with every adapter merged into its 3×3 convolution."""
-        merged = copy.deepcopy(self.backbone)
-        for name in self.adapted:
-            adapter = merged.get_submodule(name)
-            with torch.no_grad():
-                adapter.conv.weight.add_(adapter.delta_weight())
-            replace_module(merged, name, adapter.conv)
-        return merged
+        return merged_copy(self.backbone, self.adapted)
 
 
 @register("adapter", "residual adapters: a zero-initialised 1×1 convolution beside every frozen "

@@ -199,6 +199,19 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
+@torch.no_grad()
+def merged_copy(backbone: Backbone, names: Sequence[str]) -> Backbone:
+    """A copy of ``backbone`` in which each wrapper at ``names`` (a module with ``conv`` and
+    ``delta_weight()``, such as LoRA's or an adapter's) becomes its convolution with the update
+    added to the weight: one plain convolution per layer, the same outputs."""
+    merged = copy.deepcopy(backbone)
+    for name in names:
+        wrapper = merged.get_submodule(name)
+        wrapper.conv.weight.add_(wrapper.delta_weight())
+        replace_module(merged, name, wrapper.conv)
+    return merged
+
+
 class Classifier(TransferModel):
     """``logits = head(backbone(x))``: a copy of the source backbone and a new linear head."""
 

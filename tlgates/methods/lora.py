@@ -27,7 +27,6 @@ target data in training, as in fine-tuning.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +36,8 @@ from torch import nn
 
 from tlgates.backbones import Backbone
 from tlgates.methods.base import (
-    LAYER_GROUPS, Classifier, Deviation, MethodConfig, convolutions, hyperparameter, register,
-    replace_module,
+    LAYER_GROUPS, Classifier, Deviation, MethodConfig, convolutions, hyperparameter, merged_copy,
+    register, replace_module,
 )
 
 
@@ -99,13 +98,7 @@ class LoRA(Classifier):
 
     def merged_backbone(self) -> Backbone:
         """A plain backbone with ``W + ΔW`` in every adapted convolution."""
-        merged = copy.deepcopy(self.backbone)
-        for name in self.adapted:
-            lora = merged.get_submodule(name)
-            with torch.no_grad():
-                lora.conv.weight.add_(lora.delta_weight())
-            replace_module(merged, name, lora.conv)
-        return merged
+        return merged_copy(self.backbone, self.adapted)
 
 
 @register("lora", "LoRA: a low-rank update (α/r)·B·A beside every frozen convolution",
