@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlgates methods`` and ``python -m tlgates run METHOD ...``.
+"""Command line: ``python -m tlgates methods``, ``run METHOD ...`` and ``sweep ...``.
 
 Examples::
 
@@ -7,6 +7,8 @@ Examples::
     python -m tlgates run finetune --shots 5 --seeds 3
     python -m tlgates run l2sp --set alpha=0.5 --json
     python -m tlgates run spottune --preset paper
+    python -m tlgates sweep --methods all --targets digits,mnist --shots 1,5 --seeds 5 \
+        --out results/sweep.jsonl --jobs 2
 
 Bad arguments exit with status 2 and one line naming the argument and what is allowed.
 """
@@ -18,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from tlgates import sweep
 from tlgates.data import TARGETS, load_target
 from tlgates.experiment import deviation_frame, run_method
 from tlgates.methods import METHODS, PRESETS, get_method
@@ -39,8 +42,19 @@ def _parse_set(items: Sequence[str]) -> dict[str, str]:
     return params
 
 
-def _parser() -> argparse.ArgumentParser:
+def _add_training(command: argparse.ArgumentParser) -> None:
+    """The options shared by ``run`` and ``sweep``: the training loop and the recipe."""
     defaults = TrainConfig()
+    command.add_argument("--epochs", type=int, default=defaults.epochs)
+    command.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    command.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    command.add_argument("--preset", choices=PRESETS, default="tlgates",
+                         help="recipe: tlgates' defaults, or the paper's (official code's) "
+                              "value of every switchable deviation (default tlgates)")
+    command.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m tlgates", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     listing = commands.add_parser("methods", help="list the methods and their hyperparameters")
@@ -53,18 +67,30 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"target task: {', '.join(TARGETS)}, a torchvision data set name "
                           "or folder:PATH (default digits)")
     run.add_argument("--shots", type=int, default=5, help="labels per class (default 5)")
-    run.add_argument("--epochs", type=int, default=defaults.epochs)
-    run.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1)")
-    run.add_argument("--preset", choices=PRESETS, default="tlgates",
-                     help="recipe: tlgates' defaults, or the paper's (official code's) value of "
-                          "every switchable deviation (default tlgates)")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="a method hyperparameter; repeat for several")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object with the results on the last line")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_training(run)
+    grid = commands.add_parser(
+        "sweep", help="train every (method, target, shots, seed); one JSON line per run, "
+                      "resumable")
+    grid.add_argument("--methods", default="all",
+                      help="comma-separated method names, or all (default all)")
+    grid.add_argument("--targets", default="digits",
+                      help=f"comma-separated targets ({', '.join(TARGETS)}, ...; default "
+                           "digits)")
+    grid.add_argument("--shots", default="5",
+                      help="comma-separated labels per class (default 5)")
+    grid.add_argument("--seeds", type=int, default=5, help="number of seeds (0..S-1; default 5)")
+    grid.add_argument("--out", required=True,
+                      help="the results file (JSON lines); an existing one is resumed")
+    grid.add_argument("--jobs", type=int, default=1,
+                      help="settings trained at once, in worker processes (default 1)")
+    grid.add_argument("--threads", type=int, default=1,
+                      help="torch threads per run (default 1; results depend on it)")
+    _add_training(grid)
     return parser
 
 
@@ -109,12 +135,66 @@ def _check(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     return config, params
 
 
+def _names(flag: str, text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"{flag} takes a comma-separated list, got {text!r}")
+    return names
+
+
+def _check_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep's arguments, validated before anything trains (ValueError naming the flag)."""
+    methods = list(METHODS) if args.methods == "all" else _names("--methods", args.methods)
+    for name in methods:
+        if name not in METHODS:
+            raise ValueError(f"--methods: unknown method {name!r}; choose all or some of: "
+                             f"{', '.join(METHODS)}")
+    try:
+        shots = [int(k) for k in _names("--shots", args.shots)]
+    except ValueError:
+        raise ValueError(f"--shots takes comma-separated integers, got {args.shots!r}") from None
+    targets = _names("--targets", args.targets)
+    for target in targets:
+        for k in shots:
+            try:
+                load_target(target, shots=k, seed=0)
+            except ValueError as err:
+                flag = "--shots" if str(err).startswith("shots") else "--targets"
+                raise ValueError(f"{flag} ({target}): {err}") from None
+    for flag, value in (("--seeds", args.seeds), ("--jobs", args.jobs),
+                        ("--threads", args.threads)):
+        if value < 1:
+            raise ValueError(f"{flag} must be an integer ≥ 1, got {value}")
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    sweep.check_resumable(args.out, sweep.training_settings(config, args.preset, args.threads))
+    return {"methods": methods, "targets": targets, "shots": shots, "seeds": args.seeds,
+            "out": args.out, "jobs": args.jobs, "threads": args.threads, "config": config,
+            "preset": args.preset, "progress": not args.quiet}
+
+
+def _sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        options = _check_sweep(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(_as_flag(err))
+    try:
+        result = sweep.run_sweep(**options)
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished runs are in {args.out}; run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
+    print(f"{len(result.results)} runs in {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "methods":
         _list_deviations() if args.deviations else _list_methods()
         return 0
+    if args.command == "sweep":
+        return _sweep(parser, args)
     try:
         config, params = _check(args)
     except (ValueError, FileNotFoundError) as err:

