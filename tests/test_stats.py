@@ -46,3 +46,70 @@ def test_tables_show_no_std_for_one_seed():
     table = results_table({"a": run([0.8, 0.9]), "b": run([0.7])})
     assert list(table.columns) == ["test accuracy %", "± std", "seeds"]
     assert table.loc["a", "± std"] == pytest.approx(7.1) and table.loc["b", "± std"] == "—"
+
+
+def long_frame():
+    """Two targets × two label counts × 4 seeds of three methods, rows in a shuffled order."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [{"method": m, "target": t, "shots": k, "seed": s,
+             "accuracy": 0.6 + 0.05 * s + {"finetune": 0, "gtn": 0.03, "linear": -0.1}[m]
+             + rng.normal(0, 0.01)}
+            for m in ("finetune", "gtn", "linear") for t in ("digits", "mnist")
+            for k in (1, 5) for s in range(4)]
+    return pd.DataFrame(rows).sample(frac=1, random_state=1)
+
+
+def test_paired_gains_pair_by_seed_within_each_cell():
+    from tlgates.stats import paired_gains
+
+    frame = long_frame()
+    gains = paired_gains(frame)
+    assert len(gains) == 2 * 2 * 2 and set(gains["method"]) == {"gtn", "linear"}
+    for row in gains.itertuples():
+        cell = frame[(frame["target"] == row.target) & (frame["shots"] == row.shots)]
+
+        def accuracies(method):
+            return cell[cell["method"] == method].sort_values("seed")["accuracy"].tolist()
+
+        expected = paired_difference(accuracies(row.method), accuracies("finetune"))
+        assert (row.gain, row.low, row.high) == pytest.approx(
+            (expected.mean, expected.low, expected.high))
+        assert row.seeds == 4 and row.wins == expected.wins
+    # the seed effect (+5 points per seed) cancels in the pairs: tight, clear verdicts
+    assert set(gains.loc[gains["method"] == "gtn", "verdict"]) == {"better"}
+    assert set(gains.loc[gains["method"] == "linear", "verdict"]) == {"worse"}
+    assert (gains["high"] - gains["low"]).max() < 5
+
+
+def test_paired_gains_use_only_seeds_both_methods_have():
+    from tlgates.stats import paired_gains
+
+    frame = long_frame()
+    frame = frame[~((frame["method"] == "finetune") & (frame["seed"] == 3))]
+    gains = paired_gains(frame, by=("target", "shots"))
+    assert (gains["seeds"] == 3).all()
+    assert paired_gains(frame[frame["seed"] == 0])["verdict"].eq("noise").all()  # no interval
+    with pytest.raises(ValueError, match="baseline 'scratch' has no rows"):
+        paired_gains(frame, baseline="scratch")
+    with pytest.raises(ValueError, match="target"):
+        paired_gains(frame.drop(columns="target"))
+
+
+def test_regime_views_draw_every_cell_and_frame_the_supported_ones():
+    from matplotlib.patches import Rectangle
+
+    from tlgates.plotting import regime
+    from tlgates.stats import paired_gains
+
+    gains = paired_gains(long_frame())
+    fig = regime.plot_regime_map(gains, methods=["gtn", "linear"])
+    heatmaps = [ax for ax in fig.axes if ax.get_title() in ("digits", "mnist")]
+    assert len(heatmaps) == 2
+    for ax in heatmaps:
+        assert len(ax.texts) == 4  # one printed gain per (method, shots)
+        assert sum(isinstance(p, Rectangle) for p in ax.patches) == 4  # all are supported
+    lines = regime.plot_gain_lines(gains, ["gtn"], targets=["mnist"])
+    assert len(lines.axes) == 1 and lines.axes[0].get_title() == "mnist"

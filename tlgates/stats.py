@@ -45,15 +45,18 @@ class PairedDifference:
         """Seeds on which ``a`` was better."""
         return sum(d > 0 for d in self.diffs)
 
+    @property
+    def direction(self) -> int:
+        """+1 if the interval lies above 0, −1 if below, 0 if it covers 0 (or is missing):
+        the one rule of the course."""
+        return int(self.low > 0) - int(self.high < 0)
+
     def verdict(self, a: str = "a", b: str = "b") -> str:
-        """``"a better"``, ``"b better"`` or within the noise: the one rule of the course."""
+        """``"a better"``, ``"b better"`` or within the noise (see :attr:`direction`)."""
         if self.n < 2:
             return "one seed: no interval"
-        if self.low > 0:
-            return f"{a} better"
-        if self.high < 0:
-            return f"{b} better"
-        return "within the noise (the interval covers 0)"
+        return {1: f"{a} better", -1: f"{b} better",
+                0: "within the noise (the interval covers 0)"}[self.direction]
 
     def sentence(self, a: str, b: str) -> str:
         """One Markdown line: the mean difference, its interval, the wins and the verdict."""
@@ -83,6 +86,41 @@ def paired_difference(a: RunResult | Sequence[float], b: RunResult | Sequence[fl
         len(diffs))
     return PairedDifference(tuple(diffs.tolist()), float(diffs.mean() - half),
                             float(diffs.mean() + half), level)
+
+
+VERDICTS = {1: "better", -1: "worse", 0: "noise"}
+
+
+def paired_gains(frame: pd.DataFrame, baseline: str = "finetune", *,
+                 by: Sequence[str] = ("target", "shots"), level: float = 0.95) -> pd.DataFrame:
+    """Every method's gain over ``baseline``, paired by seed, in each group of ``by``.
+
+    ``frame`` is long, one row per run, with the columns ``method``, ``seed``, ``accuracy``
+    (in [0, 1]) and those of ``by`` (a sweep's ``results``, or what ``compare`` returns with
+    ``by=("shots",)``). Within a group, a method is paired with ``baseline`` on the seeds both
+    have. Returns one row per (group, method other than the baseline): ``gain`` (mean of
+    ``acc − acc_baseline`` in points), ``low`` and ``high`` (its ``level`` t-interval),
+    ``seeds``, ``wins`` (seeds on which the method was better) and ``verdict``: "better" or
+    "worse" only when the interval excludes 0, else "noise".
+    """
+    by = list(by)
+    missing = {"method", "seed", "accuracy", *by} - set(frame.columns)
+    if missing:
+        raise ValueError(f"frame lacks the column(s) {sorted(missing)}")
+    if baseline not in set(frame["method"]):
+        raise ValueError(f"baseline {baseline!r} has no rows; the methods are "
+                         f"{sorted(set(frame['method']))}")
+    reference = frame[frame["method"] == baseline][[*by, "seed", "accuracy"]]
+    paired = frame[frame["method"] != baseline].merge(reference, on=[*by, "seed"],
+                                                      suffixes=("", "_baseline"))
+    rows = []
+    for key, group in paired.sort_values("seed").groupby([*by, "method"], sort=False):
+        difference = paired_difference(group["accuracy"].to_numpy(),
+                                       group["accuracy_baseline"].to_numpy(), level=level)
+        rows.append({**dict(zip([*by, "method"], key)), "gain": difference.mean,
+                     "low": difference.low, "high": difference.high, "seeds": difference.n,
+                     "wins": difference.wins, "verdict": VERDICTS[difference.direction]})
+    return pd.DataFrame(rows).sort_values([*by, "method"], ignore_index=True)
 
 
 def accuracy_cells(result: RunResult) -> dict[str, float | str | int]:

@@ -120,7 +120,8 @@ def _read_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines) and not line.endswith("\n"):
+            if number == len(lines) and not line.endswith("\n") and line.startswith(
+                    '{"kind": '):
                 return records, True
             raise ValueError(f"{path} line {number} is not a JSON record; it is not a sweep "
                              "file, or it was edited. Pass another --out, or remove the line")
