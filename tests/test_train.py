@@ -110,3 +110,23 @@ def test_random_shift_moves_pixels_by_whole_steps():
 def test_bad_config_raises_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("size", "batch_size"), [(10, 16), (20, 16), (50, 16), (100, 16),
+                                                  (64, 16), (9920, 64)])
+def test_even_batches_cover_each_example_once_in_batches_of_near_equal_size(
+        size: int, batch_size: int) -> None:
+    from tlgates.train import EvenBatches
+
+    sampler = EvenBatches(size, batch_size, torch.Generator().manual_seed(0))
+    epochs = [list(sampler) for _ in range(2)]
+    for batches in epochs:
+        sizes = [len(batch) for batch in batches]
+        assert len(batches) == len(sampler) == -(-size // batch_size)  # as many steps as before
+        assert max(sizes) - min(sizes) <= 1 and max(sizes) <= batch_size
+        assert sorted(i for batch in batches for i in batch) == list(range(size))
+    if size > 1:
+        assert epochs[0] != epochs[1]  # reshuffled every epoch
+    # 50 images in batches of 16: 13, 13, 12, 12, never a remainder batch of 2
+    if (size, batch_size) == (50, 16):
+        assert [len(b) for b in epochs[0]] == [13, 13, 12, 12]

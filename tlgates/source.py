@@ -28,8 +28,9 @@ from tlgates import cache
 from tlgates.paths import data_dir
 from tlgates.train import TrainConfig, evaluate, fit
 
-CACHE_VERSION = 1
-RNN_CACHE_VERSION = 1
+# Bump when pre-training changes, so that old cache files are not used (2: even batches).
+CACHE_VERSION = 2
+RNN_CACHE_VERSION = 2
 
 
 def _config_key(version: int, config: Any) -> str:

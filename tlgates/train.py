@@ -12,14 +12,14 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from tlgates.methods.base import TransferModel
@@ -199,6 +199,28 @@ def training_step(model: TransferModel, optimizer: torch.optim.Optimizer, x: tor
     return loss, terms
 
 
+class EvenBatches(Sampler[list[int]]):
+    """Each epoch, a random permutation of ``size`` examples cut into ``ceil(size /
+    batch_size)`` batches whose sizes differ by at most one.
+
+    A plain loader ends each epoch with the remainder: 50 images in batches of 16 leave a batch
+    of 2, and BatchNorm in training mode normalises it with the statistics of 2 images. On the
+    digits that cost fine-tuning about 4 points at 5 labels per class and 13 at 2 (5 seeds:
+    84.8 % against 88.5–88.9 % with batches of 10 or 25). Cut evenly, 50 images make batches
+    of 13, 13, 12 and 12, in as many steps as before.
+    """
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator) -> None:
+        self.size, self.batch_size, self.generator = size, batch_size, generator
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=self.generator)
+        return iter([batch.tolist() for batch in torch.tensor_split(order, len(self))])
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "onecycle":
@@ -240,7 +262,8 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
     model.on_fit_start(train)
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
+    loader = DataLoader(train, batch_sampler=EvenBatches(len(train), config.batch_size,
+                                                        generator), generator=generator)
     groups = model.param_groups(config.lr)
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     scheduler = _scheduler(optimizer, config, config.epochs * len(loader))
