@@ -157,4 +157,5 @@ def device_name() -> str:
     """A short description of where training runs (for notebook headers)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
