@@ -232,7 +232,7 @@ def scratch_dir_in_repo(repo_root: Path, request: pytest.FixtureRequest) -> Iter
 def source():
     """A small random tiny ResNet standing in for the pre-trained source in unit tests."""
     torch.manual_seed(0)
-    return tiny_resnet(width=4).eval()
+    return tiny_resnet(width=8).eval()
 
 
 @pytest.fixture

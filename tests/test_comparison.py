@@ -15,7 +15,7 @@ from tlgates.train import Evaluation, evaluate
 
 def evaluation(method: str, **decisions: torch.Tensor) -> dict[str, Evaluation]:
     """``{method: Evaluation}`` of these decisions, summarised by the method's own model."""
-    source = RowLSTM(24, 6) if method == "ptu-rnn" else tiny_resnet(width=4)
+    source = RowLSTM(24, 6) if method == "ptu-rnn" else tiny_resnet(width=8)
     model = build_method(method, source, 3)
     n = len(next(iter(decisions.values())))
     return {method: Evaluation(1.0, torch.zeros(n, 3), torch.zeros(n, dtype=torch.long),

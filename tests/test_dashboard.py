@@ -11,7 +11,7 @@ from tlgates.train import TrainConfig
 @pytest.fixture
 def source():
     torch.manual_seed(0)
-    return SourceModel(tiny_resnet(width=4).eval(), SourceConfig(), 0.0, 0.0)
+    return SourceModel(tiny_resnet(width=8).eval(), SourceConfig(), 0.0, 0.0)
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_channel_attention_is_cached_and_rebuilt_when_corrupt(source, data, cach
     other = TensorDataset(data.tensors[0].flip(0), data.tensors[1])
     assert not channel_attention(source, other, 3).from_cache
     assert not channel_attention(source, data, 3, probe_decay=0.1).from_cache
-    changed = tiny_resnet(width=4).eval()
+    changed = tiny_resnet(width=8).eval()
     assert not channel_attention(changed, data, 3).from_cache
     assert len(list(cache_dir.glob("delta-attention-*.pt"))) == 4
     # the fast and naive recipes agree through the public entry point too

@@ -279,7 +279,7 @@ def test_results_rows_show_only_the_runs_settings_and_no_std_of_one_seed():
 def test_recipe_menu_moves_the_sliders_to_the_papers_values():
     import ipywidgets as widgets
 
-    source = SourceModel(tiny_resnet(width=4).eval(), SourceConfig(), 0.0, 0.0)
+    source = SourceModel(tiny_resnet(width=8).eval(), SourceConfig(), 0.0, 0.0)
     dash = Dashboard("gtn", {"preset": recipe_control(),
                              "gate_dropout": widgets.FloatSlider(0.2, min=0, max=0.9)},
                      source=source)

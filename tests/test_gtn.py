@@ -198,7 +198,7 @@ def test_bad_hyperparameters_raise_clear_errors(source, name, value, message):
 def test_bad_aux_stage_and_direct_construction_errors(source):
     with pytest.raises(ValueError, match="aux_stage must be in"):
         build_method("gtn", source, 3, aux_stage=4)
-    three_stages = tiny_resnet(width=4, blocks_per_stage=(1, 1, 1))
+    three_stages = tiny_resnet(width=8, blocks_per_stage=(1, 1, 1))
     with pytest.raises(ValueError, match="aux_stage must index one of the backbone's 3 stages"):
         build_method("gtn", three_stages, 3, aux_stage=3)
     with pytest.raises(ValueError, match="dropout"):

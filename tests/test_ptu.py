@@ -19,7 +19,7 @@ from tlgates.train import TrainConfig, fit
 @pytest.fixture
 def source():
     torch.manual_seed(0)
-    return tiny_resnet(width=4).eval()
+    return tiny_resnet(width=8).eval()
 
 
 @pytest.fixture
@@ -391,7 +391,7 @@ def test_ptu_rnn_runs_the_same_from_a_cold_and_a_warm_source_cache(tmp_path, mon
 
     monkeypatch.setenv("TLGATES_DATA", str(tmp_path))
     monkeypatch.setattr(tlgates.source, "glyph_dataset", _fake_glyphs(32))
-    cnn = tlgates.source.SourceModel(tiny_resnet(width=4).eval(), None, 0.0, 0.0)
+    cnn = tlgates.source.SourceModel(tiny_resnet(width=8).eval(), None, 0.0, 0.0)
     runs = [run_method("ptu-rnn", shots=1, seeds=[0], config=TrainConfig(epochs=1),
                        source=cnn, progress=False, curves=False) for _ in range(2)]
     assert len(list(tmp_path.glob("rnn-source-*.pt"))) == 1  # trained once, then loaded

@@ -23,7 +23,7 @@ from tlgates.train import evaluate, path_accuracies
 def sources():
     """The largest structure a range must fit (ResNet-50's 16 blocks in 4 stages), small."""
     torch.manual_seed(0)
-    return {"backbone": tiny_resnet(width=4, blocks_per_stage=(4, 4, 4, 4)).eval(),
+    return {"backbone": tiny_resnet(width=8, blocks_per_stage=(4, 4, 4, 4)).eval(),
             "row-lstm": RowLSTM(row_size=24, hidden=6).eval()}
 
 

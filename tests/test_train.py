@@ -18,7 +18,7 @@ def data():
 @pytest.fixture
 def source():
     torch.manual_seed(0)
-    return tiny_resnet(width=4).eval()
+    return tiny_resnet(width=8).eval()
 
 
 def train(source, data, seed=0, **config):

@@ -7,6 +7,9 @@ Examples::
     python -m tlgates run finetune --shots 5 --seeds 3
     python -m tlgates run l2sp --set alpha=0.5 --json
     python -m tlgates run spottune --preset paper
+    python -m tlgates run delta --target folder:PATH --arch resnet50 --weights FILE.pth \
+        --size 224 --batch-size 64 --epochs 30 --seeds 3 --workers 8 --json
+    torchrun --nproc_per_node=4 -m tlgates run delta ...   # the same, on 4 GPUs
     python -m tlgates sweep --methods all --targets digits,mnist --shots 1,5 --seeds 5 \
         --out results/sweep.jsonl --jobs 2
 
@@ -21,11 +24,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from tlgates import sweep
+import torch
+
+from tlgates import distributed, sweep
+from tlgates.backbones import TORCHVISION_ARCHS, Backbone, torchvision_resnet
 from tlgates.data import TARGETS, load_target
 from tlgates.experiment import deviation_frame, run_method
 from tlgates.methods import METHODS, PRESETS, get_method
-from tlgates.train import TrainConfig
+from tlgates.train import Execution, TrainConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +79,26 @@ def _parser() -> argparse.ArgumentParser:
                      help="a method hyperparameter; repeat for several")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object with the results on the last line")
+    scale = run.add_argument_group("full scale (a GPU, real images, torchvision ResNets)")
+    scale.add_argument("--arch", choices=("tiny",) + TORCHVISION_ARCHS, default="tiny",
+                       help="the source network: the glyph-trained tiny ResNet (default) or "
+                            "a torchvision ResNet")
+    scale.add_argument("--weights", metavar="FILE|NAME",
+                       help="with a torchvision --arch: a .pth state dict of that ResNet, or a "
+                            "torchvision weights name (IMAGENET1K_V1, DEFAULT; downloaded "
+                            "once); default random initialisation")
+    scale.add_argument("--size", type=int,
+                       help="stream a torchvision data set or folder:PATH at SIZE pixels "
+                            "(random resized crops and flips for training); default: 32×32 "
+                            "copies in memory")
+    scale.add_argument("--workers", type=int, default=0,
+                       help="DataLoader processes that decode and augment (default 0)")
+    scale.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                       help="mixed precision, bfloat16 where supported (default: on CUDA)")
+    scale.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best there "
+                                        "is; under torchrun, each process's GPU)")
+    scale.add_argument("--sync-bn", action="store_true",
+                       help="SyncBatchNorm on the trainable path (CUDA under torchrun)")
     _add_training(run)
     grid = commands.add_parser(
         "sweep", help="train every (method, target, shots, seed); one JSON line per run, "
@@ -117,23 +143,73 @@ def _list_deviations() -> None:
 
 # The first word of a library error names a keyword argument; say it as the command line does.
 _FLAGS = {"name": "--target", "shots": "--shots", "epochs": "--epochs", "lr": "--lr",
-          "batch_size": "--batch-size", "seeds": "--seeds"}
+          "batch_size": "--batch-size", "seeds": "--seeds", "size": "--size",
+          "workers": "--workers", "weights": "--weights", "sync_batchnorm": "--sync-bn",
+          "amp": "--amp"}
 
 
 def _as_flag(err: Exception) -> str:
     first, _, rest = str(err).partition(" ")
-    return f"{_FLAGS[first]} {rest}" if first in _FLAGS else str(err)
+    name = first.rstrip(":")
+    return f"{_FLAGS[name]}{first[len(name):]} {rest}" if name in _FLAGS else str(err)
 
 
-def _check(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
-    """Validate everything before training; raise ValueError naming the argument."""
+def _check_device(text: str | None) -> torch.device | None:
+    """The ``--device``, checked to exist here (``None``: the best there is)."""
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or mps, got {text!r}") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}
+    if device.type not in available:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or mps, got {text!r}")
+    if not available[device.type]:
+        raise ValueError(f"--device {text}: no {device.type.upper()} device here; use --device "
+                         "cpu (or leave --device out)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: there are {torch.cuda.device_count()} CUDA "
+                         "device(s) here")
+    return device
+
+
+def _check_backbone(args: argparse.Namespace, spec: Any) -> Backbone | None:
+    """The ``--arch`` network with its ``--weights`` (``None``: the glyph source)."""
+    if args.arch == "tiny":
+        if args.weights is not None:
+            raise ValueError(f"--weights needs a torchvision --arch "
+                             f"({', '.join(TORCHVISION_ARCHS)}); the tiny source is tlgates' own")
+        return None
+    if spec.source != "backbone":
+        raise ValueError(f"--arch: method {spec.name!r} starts from a {spec.source}, not a "
+                         "ResNet; leave --arch out")
+    try:
+        return torchvision_resnet(args.arch, args.weights)
+    except RuntimeError as err:  # torchvision's weights could not be downloaded
+        raise ValueError(f"--weights {args.weights}: {err}") from None
+    except KeyError:
+        raise ValueError(f"--weights must be a .pth file or a torchvision weights name such "
+                         f"as IMAGENET1K_V1 or DEFAULT, got {args.weights!r}") from None
+
+
+def _check(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate everything before training (ValueError naming the flag); return the keyword
+    arguments of ``run_method`` that the flags give besides the method and the target."""
     spec = get_method(args.method)
     if args.seeds < 1:
         raise ValueError(f"seeds must be ≥ 1, got {args.seeds}")
-    load_target(args.target, shots=args.shots, seed=0)
+    execution = Execution(workers=args.workers, amp=args.amp, sync_batchnorm=args.sync_bn)
+    device = _check_device(args.device)
+    cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
+    if args.sync_bn and not (cuda and distributed.launched()):
+        raise ValueError("--sync-bn needs CUDA and several processes under torchrun")
+    load_target(args.target, shots=args.shots, seed=0, size=args.size)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     params = spec.check(_parse_set(args.set), args.preset)
-    return config, params
+    return {"config": config, "params": params, "backbone": _check_backbone(args, spec),
+            "size": args.size, "device": device, "execution": execution}
 
 
 def _names(flag: str, text: str) -> list[str]:
@@ -201,12 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sweep":
         return _sweep(parser, args)
     try:
-        config, params = _check(args)
+        options = _check(args)
     except (ValueError, FileNotFoundError) as err:
         parser.error(_as_flag(err))
     result = run_method(args.method, target=args.target, shots=args.shots, seeds=args.seeds,
-                        config=config, params=params, preset=args.preset,
-                        progress=not args.quiet)
+                        preset=args.preset, progress=not args.quiet, **options)
+    printer = distributed.is_main()  # one result, printed by rank 0
+    distributed.teardown()
+    if not printer:
+        return 0
     for seed, accuracy in zip(result.seeds, result.accuracies):
         print(f"seed {seed}: test accuracy {accuracy:.1%}", file=sys.stderr if args.json
               else sys.stdout)

@@ -9,12 +9,15 @@ ResNets on a GPU.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models import resnet
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
+#: The per-channel mean and std of ImageNet that torchvision's ResNet weights expect.
+IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 class Backbone(nn.Module):
@@ -27,10 +30,13 @@ class Backbone(nn.Module):
         stage_ends: indices of the last block of each resolution stage (where DELTA and GTN
             read intermediate feature maps).
         feature_dim: size of the pooled feature vector (``block_channels[-1]``).
+        normalization: the per-channel ``(mean, std)`` its inputs are normalised with, or
+            ``None`` for images in [0, 1] as they are (the glyph-trained tiny ResNet).
     """
 
     def __init__(self, stem: nn.Module, blocks: Sequence[nn.Module],
-                 block_channels: Sequence[int], stage_ends: Sequence[int]):
+                 block_channels: Sequence[int], stage_ends: Sequence[int],
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None):
         super().__init__()
         if len(blocks) != len(block_channels):
             raise ValueError("blocks and block_channels must have the same length")
@@ -39,6 +45,7 @@ class Backbone(nn.Module):
         self.block_channels = list(block_channels)
         self.stage_ends = list(stage_ends)
         self.feature_dim = self.block_channels[-1]
+        self.normalization = normalization
 
     @staticmethod
     def pool(x: torch.Tensor) -> torch.Tensor:
@@ -110,25 +117,40 @@ def tiny_resnet(width: int = 16, blocks_per_stage: Sequence[int] = (1, 1, 1, 1),
     return Backbone(stem, blocks, channels, stage_ends)
 
 
-def torchvision_resnet(arch: str = "resnet18", weights: str | None = None) -> Backbone:
+def torchvision_resnet(arch: str = "resnet18", weights: str | Path | None = None) -> Backbone:
     """A torchvision ResNet in the :class:`Backbone` structure (its ``fc`` layer dropped).
+
+    Its inputs are normalised with ImageNet's mean and std (:data:`IMAGENET_NORMALIZATION`),
+    what torchvision's weights expect (a random initialisation does not mind).
 
     Args:
         arch: one of ``TORCHVISION_ARCHS``.
-        weights: ``None`` (random initialisation, the default; nothing is downloaded) or a
+        weights: ``None`` (random initialisation, the default; nothing is downloaded); a
             torchvision weights name such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"``, which
-            torchvision downloads once into its cache (``$TORCH_HOME``).
+            torchvision downloads once into its cache (``$TORCH_HOME``); or the path of a
+            ``.pth`` file holding a state dict of that ResNet (read with ``weights_only=True``;
+            an ``fc`` layer in it is ignored).
+
+    Raises:
+        ValueError: an unknown ``arch``, or a state dict that does not fit it.
+        FileNotFoundError: ``weights`` looks like a path (it ends in ``.pth``/``.pt`` or names
+            a folder) and there is no such file.
+        RuntimeError: torchvision's weights could not be downloaded (the message says how to
+            get them offline).
     """
     if arch not in TORCHVISION_ARCHS:
         raise ValueError(f"arch must be one of {', '.join(TORCHVISION_ARCHS)}; got {arch!r}")
+    path = _weights_file(weights)
     try:
-        net = getattr(resnet, arch)(weights=weights)
+        net = getattr(resnet, arch)(weights=None if path else weights)
     except (OSError, RuntimeError) as err:  # URLError is an OSError
         raise RuntimeError(
             f"Could not load torchvision weights {weights!r} for {arch} ({err}). They are "
             "downloaded on first use: connect to the network once, or copy the .pth file into "
             "$TORCH_HOME/hub/checkpoints, or pass weights=None for a random initialisation."
         ) from err
+    if path is not None:
+        _load_state_dict(net, path, arch)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     blocks, channels, stage_ends = [], [], []
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
@@ -137,4 +159,40 @@ def torchvision_resnet(arch: str = "resnet18", weights: str | None = None) -> Ba
             last_bn = block.bn3 if hasattr(block, "bn3") else block.bn2
             channels.append(last_bn.num_features)
         stage_ends.append(len(blocks) - 1)
-    return Backbone(stem, blocks, channels, stage_ends)
+    return Backbone(stem, blocks, channels, stage_ends, IMAGENET_NORMALIZATION)
+
+
+def _weights_file(weights: str | Path | None) -> Path | None:
+    """The file ``weights`` names, or ``None`` for a torchvision weights name (or no weights)."""
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    if isinstance(weights, Path) or path.suffix in (".pth", ".pt") or path.exists() or (
+            "/" in str(weights)):
+        if not path.is_file():
+            raise FileNotFoundError(f"weights: no such file {str(path)!r}; give a .pth file "
+                                    "with a state dict of the ResNet, or a torchvision weights "
+                                    "name such as IMAGENET1K_V1")
+        return path
+    return None
+
+
+def _load_state_dict(net: nn.Module, path: Path, arch: str) -> None:
+    """Load the ResNet state dict in ``path`` into ``net`` (its ``fc`` entries ignored)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise ValueError(f"weights: {path} is not a readable state dict ({err})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights: {path} holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(
+        ("fc.", "module.fc."))}
+    net.fc = nn.Identity()
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3])[:300]
+        raise ValueError(f"weights: {path} does not fit {arch} ({detail})") from None

@@ -18,14 +18,17 @@
     it download with ``download=True``;
   - ``"folder:PATH"``: an image folder in torchvision's ``ImageFolder`` layout.
 
-Every image is a float32 tensor ``(3, 32, 32)`` in [0, 1]; labels are int64.
+Every image is a float32 tensor ``(3, 32, 32)`` in [0, 1], held in memory; labels are int64.
+With ``size=`` a torchvision data set or an image folder is read at full resolution instead:
+its images stay on disk and are decoded, augmented and normalised when a DataLoader reads them
+(:class:`ImageSubset`, :func:`image_transforms`), as a researcher's 224-pixel run needs.
 """
 from __future__ import annotations
 
 import functools
 import importlib
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from tlgates import cache
 from tlgates.paths import data_dir
@@ -80,6 +83,8 @@ _TEXTURE_SIDE = 384  # 12 × ≥ 12 cells per image; ≥ 96 textured: 50 test, 2
 _FLAT_STD = 0.02
 _TEXTURE_TEST, _TEXTURE_VAL = 50, 20  # per class
 _TV_VAL, _TV_TEST = 20, 100  # per class, at most, for torchvision data sets
+_SIZES = (16, 1024)  # allowed image sides of the streamed path, inclusive
+_RESIZE_RATIO = 256 / 224  # evaluation: resize the shorter side to size·256/224, crop size
 # name -> (class in torchvision.datasets, train split kwargs, test split kwargs,
 #          kwargs of a separate validation split or None to take val from the train split)
 _TORCHVISION: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any] | None]] = {
@@ -247,9 +252,9 @@ class TargetTask:
 
     name: str
     classes: list[str]
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
+    train: Dataset
+    val: Dataset
+    test: Dataset
     shots: int
     seed: int
 
@@ -425,8 +430,10 @@ def _allowed_names() -> str:
 
 
 def load_target(name: str = "digits", shots: int = 5, seed: int = 0, *,
-                download: bool = False) -> TargetTask:
-    """A few-shot target task, every image float32 (3, 32, 32) in [0, 1].
+                download: bool = False, size: int | None = None,
+                normalization: tuple[Sequence[float], Sequence[float]] | None = None
+                ) -> TargetTask:
+    """A few-shot target task: by default every image float32 (3, 32, 32) in [0, 1], in memory.
 
     Args:
         name: ``"digits"``: scikit-learn's handwritten digits (1,797 real images, 10 classes,
@@ -453,13 +460,21 @@ def load_target(name: str = "digits", shots: int = 5, seed: int = 0, *,
         seed: which examples form ``train`` (≥ 0); ``val`` and ``test`` do not depend on it.
             The same seed with more shots gives a superset of the training set.
         download: let torchvision download a missing data set (needs a network).
+        size: for a torchvision data set or ``folder:PATH``, stream the images at ``size`` ×
+            ``size`` pixels (16 to 1024) instead of holding 32×32 copies in memory: each split
+            is an :class:`ImageSubset` that decodes its images when read, ``train`` with a
+            random resized crop and a horizontal flip, ``val`` and ``test`` resized and
+            centre-cropped (:func:`image_transforms`). The splits and the drawn shots are the
+            same as at 32 pixels. The bundled targets exist at 32×32 only.
+        normalization: with ``size``, the per-channel ``(mean, std)`` the images are
+            normalised with (a backbone's ``normalization``); ``None``: [0, 1] as they are.
 
     Returns:
         The :class:`TargetTask`.
 
     Raises:
-        ValueError: an unknown ``name`` (the message lists the allowed ones), or ``shots`` or
-            ``seed`` out of range.
+        ValueError: an unknown ``name`` (the message lists the allowed ones), ``shots``,
+            ``seed`` or ``size`` out of range, or ``size`` for a bundled target.
         DatasetNotAvailableError: (a ``FileNotFoundError``) the torchvision data set is not
             on disk and was not downloaded, or the package that ships a bundled target's
             images is not installed; the message says how to get it.
@@ -467,13 +482,19 @@ def load_target(name: str = "digits", shots: int = 5, seed: int = 0, *,
     """
     if not isinstance(name, str):
         raise ValueError(f"name must be a string ({_allowed_names()}), got {name!r}")
+    if size is not None:
+        size = _check_int("size", size, *_SIZES)
+    view = None if size is None else image_transforms(size, normalization)
     if name in TARGETS:
+        if size is not None:
+            raise ValueError(f"size applies to torchvision data sets and folder:PATH; the "
+                             f"bundled target {name!r} exists at {IMAGE_SIZE}×{IMAGE_SIZE} only")
         return _load_bundled(name, shots, seed)
     if name.startswith("folder:"):
-        return _load_folder(name, Path(name[len("folder:"):]).expanduser(), shots, seed)
+        return _load_folder(name, Path(name[len("folder:"):]).expanduser(), shots, seed, view)
     key = name.lower().replace("-", "").replace("_", "")
     if key in _TORCHVISION:
-        return _load_torchvision(key, shots, seed, download)
+        return _load_torchvision(key, shots, seed, download, view)
     raise ValueError(f"name must be one of {_allowed_names()}; got {name!r}")
 
 
@@ -496,14 +517,79 @@ def _labels(dataset: Any) -> np.ndarray:
     raise TypeError(f"{type(dataset).__name__} has no targets, labels or _labels")
 
 
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def image_transforms(size: int, normalization: tuple[Sequence[float], Sequence[float]] | None
+                     = None) -> tuple[Transform, Transform]:
+    """The (training, evaluation) transforms of a PIL image streamed at ``size`` pixels.
+
+    Training: a random resized crop to ``size`` (scale 0.08–1, torchvision's default) and a
+    random horizontal flip; evaluation: the shorter side resized to ``size·256/224``, then a
+    centre crop of ``size``, ImageNet's evaluation recipe. Both end in a float tensor, then
+    ``Normalize(mean, std)`` when ``normalization`` is given. The random draws come from torch's
+    generator of the process that reads the image (a DataLoader worker is seeded by the loader).
+    """
+    from torchvision import transforms as T
+
+    tail = [T.ToTensor()] + ([T.Normalize(*normalization)] if normalization else [])
+    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
+    evaluation = T.Compose([T.Resize(round(size * _RESIZE_RATIO)), T.CenterCrop(size), *tail])
+    return train, evaluation
+
+
+class ImageSubset(Dataset):
+    """The images of ``dataset`` at ``indices``, decoded and transformed when read.
+
+    ``dataset[i]`` must give a ``(PIL image, label)`` pair (a torchvision data set or an
+    ``ImageFolder`` without a transform). ``augments`` says whether ``transform`` draws random
+    augmentations (the training loop then adds none of its own); :meth:`plain` gives the same
+    images with the evaluation transform, for what must see them unaugmented (DELTA's
+    attention).
+    """
+
+    def __init__(self, dataset: Any, indices: np.ndarray, labels: np.ndarray,
+                 transform: Transform, *, augments: bool = False,
+                 plain_transform: Transform | None = None) -> None:
+        self.dataset, self.indices = dataset, np.asarray(indices)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.transform, self.augments = transform, augments
+        self._plain = plain_transform or transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.dataset[int(self.indices[i])][0]
+        return self.transform(image.convert("RGB")), self.labels[i]
+
+    def plain(self) -> ImageSubset:
+        """The same images and labels with the evaluation transform (no augmentation)."""
+        return ImageSubset(self.dataset, self.indices, self.labels.numpy(), self._plain)
+
+
+def unaugmented(dataset: Dataset) -> Dataset:
+    """``dataset`` without its random augmentation (:meth:`ImageSubset.plain`), if it has one."""
+    return dataset.plain() if isinstance(dataset, ImageSubset) and dataset.augments else dataset
+
+
 def _stack_task(name: str, classes: list[str], parts: list[tuple[Any, np.ndarray]],
-                shots: Any, seed: Any) -> TargetTask:
-    """A task from (dataset, indices) for pool, val and test: loads only what it keeps."""
+                shots: Any, seed: Any, view: tuple[Transform, Transform] | None) -> TargetTask:
+    """A task from (dataset, indices) for pool, val and test. In memory at 32×32 (``view``
+    ``None``): loads only what it keeps; else streamed with ``view``'s (train, eval)
+    transforms."""
     pool_ds, pool = parts[0]
     chosen, shots, seed = _draw_shots(_labels(pool_ds)[pool], len(classes), shots, seed)
     parts = [(pool_ds, pool[chosen]), *parts[1:]]
-    splits = [TensorDataset(_images(ds, idx), torch.from_numpy(_labels(ds)[idx]))
-              for ds, idx in parts]
+    if view is None:
+        splits = [TensorDataset(_images(ds, idx), torch.from_numpy(_labels(ds)[idx]))
+                  for ds, idx in parts]
+    else:
+        train, evaluation = view
+        splits = [ImageSubset(ds, idx, _labels(ds)[idx], evaluation) for ds, idx in parts]
+        ds, idx = parts[0]
+        splits[0] = ImageSubset(ds, idx, _labels(ds)[idx], train, augments=True,
+                                plain_transform=evaluation)
     return TargetTask(name, classes, *splits, shots=shots, seed=seed)
 
 
@@ -520,7 +606,8 @@ def _not_available(cls: str, root: Path, splits: list[dict[str, Any]],
         "(or pass download=True to load_target); then call load_target again.")
 
 
-def _load_torchvision(key: str, shots: Any, seed: Any, download: bool) -> TargetTask:
+def _load_torchvision(key: str, shots: Any, seed: Any, download: bool,
+                      view: tuple[Transform, Transform] | None) -> TargetTask:
     cls_name, train_kw, test_kw, val_kw = _TORCHVISION[key]
     cls = getattr(importlib.import_module("torchvision.datasets"), cls_name)
     root = data_dir() / "torchvision"
@@ -549,10 +636,11 @@ def _load_torchvision(key: str, shots: Any, seed: Any, download: bool) -> Target
         val_part = (datasets[2], at_most(datasets[2], _TV_VAL)[0])
         pool = np.arange(len(train_ds))
     return _stack_task(key, classes, [(train_ds, pool), val_part, (test_ds, test)],
-                       shots, seed)
+                       shots, seed, view)
 
 
-def _load_folder(name: str, root: Path, shots: Any, seed: Any) -> TargetTask:
+def _load_folder(name: str, root: Path, shots: Any, seed: Any,
+                 view: tuple[Transform, Transform] | None) -> TargetTask:
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
@@ -576,4 +664,5 @@ def _load_folder(name: str, root: Path, shots: Any, seed: Any) -> TargetTask:
     test, rest = _take_per_class(labels, np.maximum(counts // 5, 1), rng)
     val, pool = _take_per_class(labels[rest], np.maximum(counts // 10, 1), rng)
     return _stack_task(name, list(folder.classes),
-                       [(folder, rest[pool]), (folder, rest[val]), (folder, test)], shots, seed)
+                       [(folder, rest[pool]), (folder, rest[val]), (folder, test)], shots, seed,
+                       view)

@@ -15,10 +15,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from tlgates import distributed
+from tlgates.backbones import Backbone
 from tlgates.data import TargetTask, load_target
 from tlgates.methods import TransferModel, get_method
 from tlgates.source import SourceModel, source_model, source_network
-from tlgates.train import History, TrainConfig, evaluate, fit, seed_everything
+from tlgates.train import Execution, History, TrainConfig, evaluate, fit, seed_everything
 
 
 @dataclass
@@ -73,7 +75,9 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
                source: SourceModel | None = None, progress: bool = True,
                on_epoch: Callable[[History], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
-               curves: bool = True) -> RunResult:
+               curves: bool = True, backbone: Backbone | None = None,
+               size: int | None = None, device: torch.device | str | None = None,
+               execution: Execution = Execution()) -> RunResult:
     """Train ``method`` on ``target`` with ``shots`` labels per class, once per seed.
 
     ``params`` override the hyperparameters of the recipe ``preset`` (``"tlgates"``, the
@@ -86,12 +90,27 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
     (validation accuracy and the records gathered on it), which is about half the cost of a
     5-shot run, when only test accuracy matters; records from the training steps (DELTA's Ω)
     are kept.
+
+    At full scale: ``backbone`` replaces the glyph source (e.g. ``torchvision_resnet("resnet50",
+    weights=...)``); ``size`` streams a torchvision data set or ``folder:PATH`` at that many
+    pixels, normalised as the backbone expects (``load_target``); ``device`` and
+    ``execution`` (workers, mixed precision) go to :func:`~tlgates.train.fit`. Under torchrun
+    every process runs this with the same arguments and gets the same result.
     """
     spec = get_method(method)
     values = spec.check(params or {}, preset)
     seed_values = _seed_list(seeds)
-    tasks = [load_target(target, shots=shots, seed=seed) for seed in seed_values]
-    network = source_network(spec.source, source, progress=progress)
+    if backbone is not None and spec.source != "backbone":
+        raise ValueError(f"backbone: method {method!r} starts from a {spec.source}, "
+                         "not a ResNet backbone")
+    normalization = backbone.normalization if backbone is not None else None
+    tasks = [load_target(target, shots=shots, seed=seed, size=size,
+                         normalization=normalization) for seed in seed_values]
+    device = distributed.setup(device) or device
+    progress = progress and distributed.is_main()
+    with distributed.main_first():  # rank 0 trains and caches the source; the others load it
+        network = backbone if backbone is not None else source_network(
+            spec.source, source, progress=progress)
     result = RunResult(method, target, shots, seed_values, [], 0.0, values, preset)
     start = time.perf_counter()
     for seed, task in zip(seed_values, tasks):
@@ -99,11 +118,13 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
         model = spec.build(network, task.num_classes, **values)
         val = task.val if curves else None
         history = fit(model, task.train, val, config, seed=seed, progress=progress,
-                      on_epoch=on_epoch, should_stop=should_stop)
+                      on_epoch=on_epoch, should_stop=should_stop, device=device,
+                      execution=execution)
         result.histories.append(history)
         if history.interrupted:
             break
-        result.accuracies.append(evaluate(model, task.test).accuracy)
+        result.accuracies.append(evaluate(model, task.test, batch_size=config.eval_batch_size,
+                                          workers=execution.workers).accuracy)
         result.model, result.task = model, task
     result.seconds = time.perf_counter() - start
     return result

@@ -5,9 +5,15 @@ of the model's ``loss_terms``, takes its ``param_groups`` (SGD with momentum and
 schedule by default), evaluates on a validation set each epoch and stores the model's
 ``epoch_record`` (gate statistics on that set) and ``training_record`` (what the training steps
 gathered, such as DELTA's Ω) in the :class:`History`.
+
+The recipe (:class:`TrainConfig`) decides the numbers; :class:`Execution` only how fast they
+come: DataLoader workers, mixed precision and channels-last on CUDA, ``SyncBatchNorm``. Under
+``torchrun`` the same ``fit`` trains with DistributedDataParallel (:mod:`tlgates.distributed`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import random
 import time
@@ -19,9 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
+from tlgates import distributed
+from tlgates.data import ImageSubset, unaugmented
 from tlgates.methods.base import TransferModel
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -67,6 +75,45 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, "
                              f"got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the loop runs on its device; none of it is part of the recipe.
+
+    Args:
+        workers: DataLoader worker processes that decode and augment the images (0: in the
+            training process, the default: the in-memory 32×32 sets need none, and workers
+            hang on some laptops).
+        amp: autocast to bfloat16 (float16 with a gradient scaler where bfloat16 is not
+            supported); ``None``: on CUDA only.
+        sync_batchnorm: BatchNorm statistics over the global batch of all processes
+            (``SyncBatchNorm``; CUDA under torchrun only).
+
+    On CUDA the loop also keeps model and images channels-last, copies batches from pinned
+    memory without blocking, and reads nothing back from the GPU during an epoch: the NaN/inf
+    guard runs on the device (a step whose loss is not finite is skipped there, by the fused
+    SGD kernel) and the logged terms are summed there, both read once at the end of the epoch.
+    """
+
+    workers: int = 0
+    amp: bool | None = None
+    sync_batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.workers, int) and self.workers >= 0):
+            raise ValueError(f"workers must be an integer ≥ 0, got {self.workers!r}")
+        if self.amp not in (None, True, False):
+            raise ValueError(f"amp must be True, False or None (on CUDA only), "
+                             f"got {self.amp!r}")
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype to autocast to on ``device``, or ``None`` for full precision."""
+        if not (self.amp if self.amp is not None else device.type == "cuda"):
+            return None
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
 
 
 @dataclass
@@ -139,31 +186,70 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 @torch.no_grad()
 def evaluate(model: TransferModel, dataset: Dataset, *, batch_size: int = 64,
-             device: torch.device | str | None = None, seed: int = 0) -> Evaluation:
+             device: torch.device | str | None = None, seed: int = 0,
+             workers: int = 0) -> Evaluation:
     """Accuracy, logits and per-example decisions of ``model`` (in eval mode) on ``dataset``.
 
     Evaluation never changes what follows it: it runs on a fork of the global random state,
     seeded with ``seed`` (for methods that sample at evaluation, such as SpotTune with
-    ``sample_at_eval``), and the state is restored afterwards.
+    ``sample_at_eval``), and the state is restored afterwards. Under torchrun every process
+    evaluates every ``world_size``-th example and all get the whole result back, in order:
+    each example is counted once. ``workers``: DataLoader workers that read the images.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
+    indices = list(range(distributed.rank(), len(dataset), distributed.world_size()))
+    part = dataset if distributed.world_size() == 1 else Subset(dataset, indices)
     logits, labels, decisions = [], [], {}
     forked = [device] if device.type in ("cuda", "mps") else []
     with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
         torch.default_generator.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.manual_seed(seed)
-        for x, y in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
-            logits.append(model(x.to(device)).cpu())
+        for x, y in _loader(part, device, batch_size=batch_size, workers=workers,
+                            generator=torch.Generator()):
+            logits.append(model(_to(x, device)).float().cpu())
             labels.append(y)
             for name, value in model.last_decisions.items():
                 decisions.setdefault(name, []).append(value.detach().cpu())
-    logits_all, y_all = torch.cat(logits), torch.cat(labels)
+    local = (torch.tensor(indices), torch.cat(logits), torch.cat(labels),
+             {name: torch.cat(parts) for name, parts in decisions.items()})
+    logits_all, y_all, gathered = _in_order(distributed.gather(local))
     accuracy = (logits_all.argmax(1) == y_all).float().mean().item()
-    gathered = {name: torch.cat(parts) for name, parts in decisions.items()}
     summary = model.decision_summary(gathered) if gathered else {}
     return Evaluation(accuracy, logits_all, y_all, gathered, summary)
+
+
+def _in_order(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                dict[str, torch.Tensor]]]
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Each process's (indices, logits, labels, decisions), put together in index order."""
+    if len(parts) == 1:
+        return parts[0][1:]
+    order = torch.cat([p[0] for p in parts]).argsort()
+    logits = torch.cat([p[1] for p in parts])[order]
+    labels = torch.cat([p[2] for p in parts])[order]
+    decisions = {name: torch.cat([p[3][name] for p in parts])[order] for name in parts[0][3]}
+    return logits, labels, decisions
+
+
+def _loader(dataset: Dataset, device: torch.device, *, workers: int,
+            generator: torch.Generator, batch_size: int = 1,
+            batch_sampler: Sampler | None = None,
+            worker_init_fn: Callable[[int], None] | None = None) -> DataLoader:
+    """A DataLoader with ``workers`` processes (kept between epochs), pinned memory on CUDA."""
+    return DataLoader(dataset, batch_size=batch_size, batch_sampler=batch_sampler,
+                      generator=generator, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      worker_init_fn=worker_init_fn)
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``: on CUDA copied without blocking, channels-last when 4-D."""
+    if device.type != "cuda":
+        return x.to(device)
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def path_accuracies(model: TransferModel, dataset: Dataset, *,
@@ -180,22 +266,43 @@ def path_accuracies(model: TransferModel, dataset: Dataset, *,
 
 
 def training_step(model: TransferModel, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  y: torch.Tensor, *, where: str = "") -> tuple[torch.Tensor,
-                                                             dict[str, torch.Tensor]]:
+                  y: torch.Tensor, *, where: str = "",
+                  loss_terms: Callable[..., dict[str, torch.Tensor]] | None = None,
+                  autocast: Callable[[], contextlib.AbstractContextManager] = (
+                      contextlib.nullcontext),
+                  scaler: torch.amp.GradScaler | None = None,
+                  on_device: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on the sum of the model's loss terms; returns (loss, terms).
 
+    ``loss_terms`` computes the terms (default ``model.loss_terms``; under DDP the wrapper's
+    forward), inside ``autocast()``; ``scaler`` scales a float16 loss.
+
     Raises ``FloatingPointError`` before touching the weights if the loss is NaN or infinite.
+    With ``on_device`` nothing is read back from the device: the step is skipped there instead
+    (the optimizer must be a fused one, which reads ``found_inf``), and the caller reads the
+    loss's finiteness when it likes.
     """
-    terms = model.loss_terms(x, y)
-    loss = sum(terms.values())
-    if not math.isfinite(loss.item()):
+    with autocast():
+        terms = (loss_terms or model.loss_terms)(x, y)
+        loss = sum(terms.values())
+    if not on_device and not math.isfinite(loss.item()):
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
         lr = optimizer.param_groups[-1]["lr"]
         raise FloatingPointError(f"the loss became {loss.item()} {where}({values}); lower the "
                                  f"learning rate (lr={lr:.4g}) or the regularisation strength")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skips a step with non-finite gradients, on the device
+        scaler.update()
+    elif on_device:
+        loss.backward()
+        optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
+        optimizer.step()
+        del optimizer.found_inf
+    else:
+        loss.backward()
+        optimizer.step()
     return loss, terms
 
 
@@ -218,7 +325,10 @@ class EvenBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = torch.randperm(self.size, generator=self.generator)
-        return iter([batch.tolist() for batch in torch.tensor_split(order, len(self))])
+        batches = [batch.tolist() for batch in torch.tensor_split(order, len(self))]
+        if distributed.world_size() > 1:  # every process draws the same order: its part
+            return iter([distributed.shard(batch) for batch in batches])
+        return iter(batches)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -235,65 +345,142 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def _summable(value: torch.Tensor) -> torch.Tensor:
+    """A loss term, detached, in float64 for summing over an epoch (on the CPU for MPS, which
+    has no float64)."""
+    value = value.detach()
+    return (value.cpu() if value.device.type == "mps" else value).double()
+
+
+def _epoch_totals(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The epoch's sums, added over the processes and read back at once."""
+    if not sums:
+        return {}
+    totals = distributed.all_sum(torch.stack(list(sums.values())))
+    return dict(zip(sums, totals.tolist()))
+
+
+def _seed_worker(rank: int, worker_id: int) -> None:
+    """Seed a DataLoader worker of process ``rank`` apart from the other processes' workers
+    (the loader seeds worker ``i`` with its base seed + i, the same on every process)."""
+    seed = (torch.utils.data.get_worker_info().seed
+            + rank * distributed.RANK_SEED_STRIDE) % 2 ** 63
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+
+
 def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
         config: TrainConfig = TrainConfig(), *, seed: int = 0,
         device: torch.device | str | None = None, progress: bool = True,
         on_epoch: Callable[[History], None] | None = None,
-        should_stop: Callable[[], bool] | None = None) -> History:
+        should_stop: Callable[[], bool] | None = None,
+        execution: Execution = Execution()) -> History:
     """Train ``model`` on ``train``; return the per-epoch :class:`History`.
 
     Args:
         model: any method's model; it is moved to ``device`` and trained in place.
-        train: the training set (``(x, y)`` pairs).
+        train: the training set (``(x, y)`` pairs). An :class:`~tlgates.data.ImageSubset` that
+            augments its images gets no pixel shift from the loop (``config.augment``).
         val: evaluated after every epoch (``val_acc`` and the model's records), if given.
         config: loop settings (:class:`TrainConfig`).
         seed: seeds shuffling, augmentation and any sampling inside the model.
-        device: default :func:`default_device`.
+        device: default :func:`default_device`; under torchrun, this process's GPU or the CPU.
         progress: show a ``tqdm.auto`` bar (a widget in Jupyter, text in a terminal).
         on_epoch: called with the history after each epoch (live curves).
         should_stop: polled after every step; returning True stops training like an interrupt.
+        execution: workers, mixed precision, SyncBatchNorm (:class:`Execution`).
+
+    Under torchrun (several processes) every process draws the same batches of
+    ``config.batch_size`` examples and trains on its part of each (:func:`distributed.shard`),
+    through DistributedDataParallel; the model's ``on_fit_start`` runs on rank 0 first (its
+    caches then serve the others) and DDP gives every process rank 0's weights and buffers;
+    augmentation and sampling noise differ between processes.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite (the message says when and which
-            term); the model keeps the weights of the step before.
+            term); the model keeps the weights of the step before. On CUDA the check is read
+            at the end of the epoch: the steps with a non-finite loss were skipped.
+        ValueError: a global batch smaller than the number of processes, or ``sync_batchnorm``
+            without CUDA and torchrun.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = distributed.setup(device) or (
+        torch.device(device) if device is not None else default_device())
     model.to(device)
-    model.on_fit_start(train)
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_sampler=EvenBatches(len(train), config.batch_size,
-                                                        generator), generator=generator)
+    with distributed.main_first():
+        model.on_fit_start(unaugmented(train))
+    rank, world = distributed.rank(), distributed.world_size()
+    if execution.sync_batchnorm:
+        if device.type != "cuda" or world == 1:
+            raise ValueError("sync_batchnorm needs CUDA and several processes (torchrun); "
+                             f"here: {device.type}, {world} process(es)")
+        distributed.sync_batchnorm(model)
+    on_device = device.type == "cuda"  # read nothing back from the GPU during an epoch
+    if on_device:
+        model.to(memory_format=torch.channels_last)
+    seed_everything(seed + rank * distributed.RANK_SEED_STRIDE)
+    generator = torch.Generator().manual_seed(seed)  # the batches: the same on every process
+    noise = generator if world == 1 else torch.Generator().manual_seed(
+        seed + rank * distributed.RANK_SEED_STRIDE)
+    batches = EvenBatches(len(train), config.batch_size, generator)
+    if len(train) // len(batches) < world:
+        raise ValueError(f"batch_size: the smallest batch has {len(train) // len(batches)} "
+                         f"examples, fewer than the {world} processes")
+    loader = _loader(train, device, workers=execution.workers, generator=generator,
+                     batch_sampler=batches, worker_init_fn=functools.partial(
+                         _seed_worker, rank) if world > 1 else None)
+    loss_terms = distributed.wrap(model, device) if world > 1 else model.loss_terms
     groups = model.param_groups(config.lr)
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                fused=True if on_device else None)
+    dtype = execution.autocast_dtype(device)
+    autocast = functools.partial(torch.autocast, device.type, dtype=dtype) if dtype \
+        else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     scheduler = _scheduler(optimizer, config, config.epochs * len(loader))
+    shift = config.augment and not (isinstance(train, ImageSubset) and train.augments)
     history = History(config=asdict(config))
     start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc=type(model).__name__, disable=not progress,
-               leave=False)
+    bar = tqdm(range(config.epochs), desc=type(model).__name__,
+               disable=not progress or not distributed.is_main(), leave=False)
     try:
         for epoch in bar:
             model.on_epoch_start(epoch, config.epochs)
             model.train()
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}
             for step, (x, y) in enumerate(loader):
-                x, y = x.to(device), y.to(device)
-                if config.augment:
-                    x = random_shift(x, 2, generator)
-                loss, terms = training_step(model, optimizer, x, y,
-                                            where=f"at epoch {epoch}, step {step} ")
+                x, y = _to(x, device), y.to(device, non_blocking=on_device)
+                if shift:
+                    x = random_shift(x, 2, noise)
+                loss, terms = training_step(model, optimizer, x, y, loss_terms=loss_terms,
+                                            where=f"at epoch {epoch}, step {step} ",
+                                            autocast=autocast, scaler=scaler,
+                                            on_device=on_device)
                 scheduler.step()
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.item()
-                sums["loss"] = sums.get("loss", 0.0) + loss.item()
+                for name, value in {**terms, "loss": loss}.items():
+                    sums[name] = sums[name] + _summable(value) if name in sums else \
+                        _summable(value)
+                if on_device:
+                    sums["nonfinite"] = sums.get("nonfinite", 0) + (~torch.isfinite(
+                        loss.detach())).double()
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt
+            distributed.broadcast_buffers(model)  # evaluate and end with rank 0's statistics
+            totals = _epoch_totals(sums)
+            nonfinite = int(totals.pop("nonfinite", 0))
+            if nonfinite:
+                raise FloatingPointError(
+                    f"the loss became NaN or infinite in {nonfinite} step(s) of epoch {epoch} "
+                    "(skipped on the device: the model keeps the weights of the last finite "
+                    f"step); lower the learning rate (lr={config.lr:.4g}) or the "
+                    "regularisation strength")
             row: dict[str, Any] = {"epoch": epoch + 1}
-            row.update({name: total / len(loader) for name, total in sums.items()})
+            row.update({name: total / (len(loader) * world) for name, total in totals.items()})
             row["lr"] = optimizer.param_groups[-1]["lr"]
             row.update(model.training_record())
             if val is not None:
-                result = evaluate(model, val, batch_size=config.eval_batch_size, device=device)
+                result = evaluate(model, val, batch_size=config.eval_batch_size, device=device,
+                                  workers=execution.workers)
                 row["val_acc"] = result.accuracy
                 row.update(model.epoch_record(result.decisions, result.y))
             row["seconds"] = time.perf_counter() - start

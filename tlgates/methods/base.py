@@ -66,7 +66,13 @@ def per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> t
 
 
 class TransferModel(nn.Module):
-    """Base class of every method's model; ``forward(x)`` returns class logits."""
+    """Base class of every method's model; ``forward(x)`` returns class logits.
+
+    ``ddp_find_unused_parameters`` is true for a model some of whose trainable parameters get
+    no gradient in some training steps (DistributedDataParallel must then look for them).
+    """
+
+    ddp_find_unused_parameters: bool = False
 
     def __init__(self) -> None:
         super().__init__()

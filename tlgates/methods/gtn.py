@@ -187,6 +187,11 @@ class GatedTransferNetwork(TransferModel):
         return [{"params": list(self.backbone.parameters()), "lr": lr},
                 {"params": new, "lr": lr}]
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """During the warm-up the backbone's weights get no gradient."""
+        return self.warmup_epochs > 0
+
     def freeze_backbone(self, frozen: bool) -> None:
         """Freeze (or release) the backbone's weights (no gradients); with
         ``warmup_bn="eval"`` its BatchNorm also stays in eval mode while frozen."""
