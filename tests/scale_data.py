@@ -1,36 +1,13 @@
-"""Data and settings shared by the full-scale tests and their torchrun worker.
-
-An image folder built from images that scikit-image's wheel ships (nothing downloaded), and a
-small in-memory task on which every method trains two steps under DDP.
-"""
+"""Data and settings shared by the full-scale tests and their torchrun worker: a small
+in-memory task on which every method trains two steps under DDP."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from PIL import Image
 from torch.utils.data import TensorDataset
 
 from tlgates.backbones import Backbone, tiny_resnet
 from tlgates.methods.ptu import RowLSTM
 from tlgates.train import TrainConfig
-
-FOLDER_CLASSES = ("brick", "grass", "gravel")
-
-
-def build_image_folder(root: Path, per_class: int = 10) -> Path:
-    """``root/<texture>/<i>.png``: crops of three scikit-image textures, of varied sizes (100
-    to 200 pixels a side), laid out as torchvision's ``ImageFolder`` reads them."""
-    from skimage import data
-
-    for name in FOLDER_CLASSES:
-        image = Image.fromarray(getattr(data, name)()).convert("RGB")
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            left, top = 37 * i % 300, 53 * i % 300
-            crop = image.crop((left, top, left + 100 + 10 * i, top + 100 + 8 * i))
-            crop.save(root / name / f"{i}.png")
-    return root
 
 
 def ddp_task() -> tuple[TensorDataset, TensorDataset]:

@@ -25,7 +25,7 @@ def test_gated_layers_of_the_tiny_resnet(source):
     steps = {layer.name: layer.step for layer in model.layers}
     assert steps["block1.conv1"] == steps["block1.downsample"] == 3
     assert len(model.gates.embed) == 9 and len(model.gates.heads[3]) == 2
-    assert [layer.filters for layer in model.layers][:4] == [4, 4, 4, 8]
+    assert [layer.filters for layer in model.layers][:4] == [8, 8, 8, 16]
 
 
 def test_gates_are_binary_and_recorded_per_example(source, batch):

@@ -347,7 +347,7 @@ def test_chosen_blocks_and_an_early_stop_of_the_source_pass(source, data):
     terms = model.train().loss_terms(data.tensors[0][:4], data.tensors[1][:4])
     assert calls == []  # the source stops after the last regularised block
     assert terms["delta"].item() == 0
-    assert [len(w) for w in model.regularizer.channel_weights] == [4, 16]
+    assert [len(w) for w in model.regularizer.channel_weights] == [8, 32]
 
 
 def test_torchvision_resnet18_shapes():

@@ -74,11 +74,11 @@ def assert_same_state(module, before):
 def test_shapes_and_gates_strictly_between_zero_and_one(source, batch):
     model = build_method("ptu", source, 3, z_init=0.3)
     assert model.layer_names == ["stem", "block 1", "block 2", "block 3", "block 4"]
-    assert model.layer_channels == [4, 4, 8, 16, 32]
+    assert model.layer_channels == [8, 8, 16, 32, 64]
     train_steps(model, *batch)
     logits = model(batch[0])
     z, r = model.last_decisions["z"], model.last_decisions["r"]
-    assert logits.shape == (8, 3) and z.shape == r.shape == (8, 64)
+    assert logits.shape == (8, 3) and z.shape == r.shape == (8, 128)
     assert ((z > 0) & (z < 1) & (r > 0) & (r < 1)).all()
     assert not torch.allclose(z, torch.full_like(z, 0.3))  # the gates learned something
     # the sigmoid never reaches 0 or 1, even on extreme activations (float64)
@@ -100,20 +100,20 @@ def test_gates_start_on_the_antidiagonal_and_the_network_starts_as_the_source(
 
 
 def test_unit_output_is_z_times_source_plus_r_times_target(source, batch):
-    unit = ConvPTU(source.blocks[1], 8, z_init=0.4)
+    unit = ConvPTU(source.blocks[1], 16, z_init=0.4)
     nn.init.normal_(unit.gate.proj.weight, std=0.5)
     with torch.no_grad():
         for p in unit.target.parameters():
             p.add_(0.1 * torch.randn_like(p))
     unit.eval()
-    h = torch.rand(8, 4, 32, 32)
+    h = torch.rand(8, 8, 32, 32)
     out, z, r = unit(h)
     a_s, a_t = source.blocks[1](h), unit.target(h)
     u = unit.gate.proj
     gates = torch.sigmoid(torch.cat([a_s.mean((2, 3)), a_t.mean((2, 3))], 1) @ u.weight.T
                           + u.bias)
-    torch.testing.assert_close(z, gates[:, :8])
-    torch.testing.assert_close(r, gates[:, 8:])
+    torch.testing.assert_close(z, gates[:, :16])
+    torch.testing.assert_close(r, gates[:, 16:])
     torch.testing.assert_close(out, z[:, :, None, None] * a_s + r[:, :, None, None] * a_t)
 
 
@@ -513,7 +513,7 @@ def test_plots_draw_the_gates_of_both_forms(source, rnn_source, batch, small_ima
         assert isinstance(fig, Figure)
         assert all(ax.get_title() or not ax.axison for ax in fig.axes if ax.get_label() !=
                    "<colorbar>")
-    with pytest.raises(ValueError, match="expected 64 channels"):
+    with pytest.raises(ValueError, match="expected 128 channels"):
         plots.split_layers(zc[:-1], channels)
     with pytest.raises(ValueError, match=r"epoch must be in \[1, 2\]"):
         plots.plot_gate_plane_epoch(frame, 3, names, channels)

@@ -6,18 +6,21 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
-from scale_data import build_image_folder, ddp_config, ddp_sources, ddp_task
+import torchvision
+from scale_data import ddp_config, ddp_sources, ddp_task
 from torch import nn
 from torchvision.models import resnet
 
 from tlgates import distributed
 from tlgates.__main__ import main
 from tlgates.backbones import IMAGENET_NORMALIZATION, torchvision_resnet
-from tlgates.data import ImageSubset, load_target, unaugmented
+from tlgates.data import ImageSubset, load_target, unaugmented, write_texture_folder
+
 from tlgates.methods import build_method
 from tlgates.methods.base import Frozen
 from tlgates.train import Execution, TrainConfig, evaluate, fit, training_step
@@ -29,7 +32,7 @@ ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    return build_image_folder(tmp_path_factory.mktemp("images"))
+    return write_texture_folder(tmp_path_factory.mktemp("images"))
 
 
 def test_a_streamed_folder_keeps_the_splits_and_draws_of_the_in_memory_one(folder):
@@ -93,6 +96,18 @@ def test_bad_full_scale_flags_exit_2_with_one_line_naming_the_flag(argv, flag, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tlgates: error:"), err
     assert flag in err, err
+
+
+def test_torchvision_weights_that_cannot_be_downloaded_say_what_to_do(monkeypatch, capsys):
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "finetune", "--arch", "resnet18", "--weights", "IMAGENET1K_V1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert "--weights IMAGENET1K_V1" in err and "$TORCH_HOME/hub/checkpoints" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine "
@@ -226,8 +241,8 @@ def test_gathered_evaluation_covers_every_example_once_in_order(ddp_report):
 def test_torchrun_run_prints_one_result(folder):
     completed = subprocess.run(
         [*TORCHRUN, "-m", "tlgates", "run", "finetune", "--target", f"folder:{folder}",
-         "--arch", "resnet18", "--size", "64", "--workers", "1", "--epochs", "2", "--seeds", "1", "--shots", "2",
-         "--batch-size", "6", "--json", "--quiet"],
+         "--arch", "resnet18", "--size", "64", "--workers", "1", "--epochs", "2", "--seeds",
+         "1", "--shots", "2", "--batch-size", "6", "--json", "--quiet"],
         capture_output=True, text=True, timeout=300, env=ENV,
         cwd=Path(__file__).resolve().parent.parent)
     assert completed.returncode == 0, completed.stderr[-3000:]

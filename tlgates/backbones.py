@@ -147,7 +147,8 @@ def torchvision_resnet(arch: str = "resnet18", weights: str | Path | None = None
         raise RuntimeError(
             f"Could not load torchvision weights {weights!r} for {arch} ({err}). They are "
             "downloaded on first use: connect to the network once, or copy the .pth file into "
-            "$TORCH_HOME/hub/checkpoints, or pass weights=None for a random initialisation."
+            "$TORCH_HOME/hub/checkpoints, or use no weights (weights=None, or no --weights) for a "
+            "random initialisation."
         ) from err
     if path is not None:
         _load_state_dict(net, path, arch)

@@ -568,6 +568,31 @@ class ImageSubset(Dataset):
         return ImageSubset(self.dataset, self.indices, self.labels.numpy(), self._plain)
 
 
+def write_texture_folder(root: str | Path, per_class: int = 10,
+                         classes: Sequence[str] = ("brick", "grass", "gravel")) -> Path:
+    """Write a small image folder of real photographs, ``root/<class>/<i>.png``, to try the
+    full-scale path offline (``load_target("folder:ROOT", size=224)``).
+
+    Each class is one of scikit-image's images (shipped in its wheel, nothing downloaded), cut
+    into ``per_class`` overlapping colour crops of 100 to 200 pixels a side, so that the images
+    have different sizes, as in a real folder.
+    """
+    images = _shipped_by("skimage.data", "scikit-image", "folder")
+    _check_int("per_class", per_class, 3, 100)
+    root = Path(root)
+    for name in classes:
+        if name not in _TEXTURE_IMAGES:
+            raise ValueError(f"classes must be among {', '.join(_TEXTURE_IMAGES)}, got {name!r}")
+        image = Image.fromarray(getattr(images, name)()).convert("RGB")
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            side = 100 + i * 100 // per_class
+            left = 37 * i % (image.width - side)
+            top = 53 * i % (image.height - side)
+            image.crop((left, top, left + side, top + side)).save(root / name / f"{i}.png")
+    return root
+
+
 def unaugmented(dataset: Dataset) -> Dataset:
     """``dataset`` without its random augmentation (:meth:`ImageSubset.plain`), if it has one."""
     return dataset.plain() if isinstance(dataset, ImageSubset) and dataset.augments else dataset

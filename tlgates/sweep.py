@@ -14,7 +14,10 @@ command, tlgates' version and git commit, torch, the device, the thread count, t
 training settings), and ``{"kind": "result", "method": ..., "target": ..., "shots": ...,
 "seed": ..., "accuracy": ..., "seconds": ..., "params": {...}}``. The training settings
 (``TrainConfig``, recipe, thread count) are the same for every row of a file: CPU training is
-deterministic for a given thread count, and :func:`recheck` re-runs rows to show it.
+deterministic for a given thread count on a given kind of CPU, and :func:`recheck` re-runs rows
+to show it. On another kind of CPU (another vendor or vector instruction set) floating-point
+sums round differently and a run drifts as another seed would, so the provenance records the
+CPU (:func:`cpu_kind`) and a bit-for-bit comparison is meaningful only on the same kind.
 """
 from __future__ import annotations
 
@@ -70,6 +73,13 @@ class Sweep:
         """The training settings shared by every row (config, preset, threads)."""
         return self.provenance[0]["settings"] if self.provenance else {}
 
+    @property
+    def made_here(self) -> bool:
+        """Whether every invocation that made the file recorded this machine's kind of CPU
+        (:func:`cpu_kind`): only then can its rows be reproduced bit for bit here."""
+        return bool(self.provenance) and all(
+            record.get("cpu") == cpu_kind() for record in self.provenance)
+
 
 def grid(methods: Sequence[str], targets: Sequence[str], shots: Sequence[int],
          seeds: int) -> list[Setting]:
@@ -97,6 +107,20 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and the vector instructions torch uses on it, e.g. ``"AMD EPYC,
+    AVX2"``: what decides how CPU training rounds, besides the thread count."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _device() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
@@ -107,7 +131,7 @@ def provenance(settings: dict[str, Any], command: str, jobs: int) -> dict[str, A
     """How this invocation makes its rows."""
     return {"kind": "provenance", "format": FORMAT, "command": command,
             "tlgates": tlgates.__version__, "commit": _commit(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": _device(),
+            "python": platform.python_version(), "device": _device(), "cpu": cpu_kind(),
             "threads": settings["threads"], "jobs": jobs,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "settings": settings}
@@ -313,8 +337,10 @@ def recheck(sweep: Sweep, rows: int = 3, *, seed: int | None = None,
     """Re-run ``rows`` random rows of a sweep with its settings; compare with the file.
 
     Returns one row per re-run setting with the file's and today's accuracy, ``same``
-    (bit-for-bit equal) and ``params_current`` (the row's hyperparameters are still the
-    recipe's values: otherwise the file is stale even where its numbers reproduce).
+    (bit-for-bit equal), ``made_here`` (the file was made on this kind of CPU: only then must
+    ``same`` hold; see :attr:`Sweep.made_here`) and ``params_current`` (the row's
+    hyperparameters are still the recipe's values: otherwise the file is stale even where its
+    numbers reproduce).
     ``max_shots`` limits the choice to cheaper rows; ``seed`` fixes the choice.
     """
     settings = sweep.settings
@@ -330,6 +356,7 @@ def recheck(sweep: Sweep, rows: int = 3, *, seed: int | None = None,
         again = run_setting(setting, config, preset, settings["threads"], params=row.params)
         checks.append({**setting._asdict(), "file": row.accuracy, "now": again["accuracy"],
                        "same": again["accuracy"] == row.accuracy,
+                       "made_here": sweep.made_here,
                        "params_current": _jsonable(current) == row.params})
     return pd.DataFrame(checks)
 

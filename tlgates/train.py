@@ -212,9 +212,10 @@ def evaluate(model: TransferModel, dataset: Dataset, *, batch_size: int = 64,
             labels.append(y)
             for name, value in model.last_decisions.items():
                 decisions.setdefault(name, []).append(value.detach().cpu())
-    local = (torch.tensor(indices), torch.cat(logits), torch.cat(labels),
-             {name: torch.cat(parts) for name, parts in decisions.items()})
-    logits_all, y_all, gathered = _in_order(distributed.gather(local))
+    local = (torch.tensor(indices, dtype=torch.long), torch.cat(logits), torch.cat(labels),
+             {name: torch.cat(parts) for name, parts in decisions.items()}) if logits else None
+    logits_all, y_all, gathered = _in_order(
+        [part for part in distributed.gather(local) if part is not None])
     accuracy = (logits_all.argmax(1) == y_all).float().mean().item()
     summary = model.decision_summary(gathered) if gathered else {}
     return Evaluation(accuracy, logits_all, y_all, gathered, summary)
