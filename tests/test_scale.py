@@ -143,17 +143,21 @@ def test_workers_give_the_same_training_as_each_other(folder):
 
 
 def test_a_non_finite_loss_is_skipped_on_the_device_without_reading_it():
+    """The CUDA path (a gradient scaler at scale 1 and a fused SGD), run on the CPU."""
     torch.manual_seed(0)
     model = build_method("finetune", ddp_sources()["backbone"], 3)
     optimizer = torch.optim.SGD(model.param_groups(0.1), lr=0.1, momentum=0.9, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4) % 3
-    training_step(model, optimizer, x, y, on_device=True)  # a finite step: weights move
+    training_step(model, optimizer, x, y, scaler=scaler)  # a finite step: the weights move
     before = [p.detach().clone() for p in model.parameters()]
-    loss, _ = training_step(model, optimizer, x * float("nan"), y, on_device=True)
+    loss, _ = training_step(model, optimizer, x * float("nan"), y, scaler=scaler)
     assert not torch.isfinite(loss)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    training_step(model, optimizer, x, y, scaler=scaler)  # and training goes on
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        training_step(model, optimizer, x * float("nan"), y)  # on the CPU: raised at once
+        training_step(model, optimizer, x * float("nan"), y)  # no scaler: raised at once
 
 
 def test_mixed_precision_trains_with_bfloat16_autocast():

@@ -92,8 +92,9 @@ class Execution:
 
     On CUDA the loop also keeps model and images channels-last, copies batches from pinned
     memory without blocking, and reads nothing back from the GPU during an epoch: the NaN/inf
-    guard runs on the device (a step whose loss is not finite is skipped there, by the fused
-    SGD kernel) and the logged terms are summed there, both read once at the end of the epoch.
+    guard runs on the device (a gradient scaler finds a step's non-finite gradients and the
+    fused SGD kernel skips it) and the logged terms are summed there, both read once at the end
+    of the epoch. Elsewhere autocast means bfloat16 and the guard reads the loss every step.
     """
 
     workers: int = 0
@@ -271,39 +272,36 @@ def training_step(model: TransferModel, optimizer: torch.optim.Optimizer, x: tor
                   loss_terms: Callable[..., dict[str, torch.Tensor]] | None = None,
                   autocast: Callable[[], contextlib.AbstractContextManager] = (
                       contextlib.nullcontext),
-                  scaler: torch.amp.GradScaler | None = None,
-                  on_device: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  scaler: torch.amp.GradScaler | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on the sum of the model's loss terms; returns (loss, terms).
 
     ``loss_terms`` computes the terms (default ``model.loss_terms``; under DDP the wrapper's
-    forward), inside ``autocast()``; ``scaler`` scales a float16 loss.
+    forward), inside ``autocast()``.
 
-    Raises ``FloatingPointError`` before touching the weights if the loss is NaN or infinite.
-    With ``on_device`` nothing is read back from the device: the step is skipped there instead
-    (the optimizer must be a fused one, which reads ``found_inf``), and the caller reads the
-    loss's finiteness when it likes.
+    Without a ``scaler``, raises ``FloatingPointError`` before touching the weights if the loss
+    is NaN or infinite. With one (``torch.amp.GradScaler``: the loop's on CUDA, scaling a
+    float16 loss or, at scale 1, none) nothing is read back from the device: a step whose
+    gradients are not finite is skipped there (by a fused optimizer, without a host
+    synchronisation; under DDP the same on every process, as the gradients are the averaged
+    ones), and the caller reads the loss's finiteness when it likes.
     """
     with autocast():
         terms = (loss_terms or model.loss_terms)(x, y)
         loss = sum(terms.values())
-    if not on_device and not math.isfinite(loss.item()):
+    if scaler is None and not math.isfinite(loss.item()):
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
         lr = optimizer.param_groups[-1]["lr"]
         raise FloatingPointError(f"the loss became {loss.item()} {where}({values}); lower the "
                                  f"learning rate (lr={lr:.4g}) or the regularisation strength")
     optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)  # skips a step with non-finite gradients, on the device
-        scaler.update()
-    elif on_device:
+    if scaler is None:
         loss.backward()
-        optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
         optimizer.step()
-        del optimizer.found_inf
     else:
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss, terms
 
 
@@ -437,7 +435,8 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
     dtype = execution.autocast_dtype(device)
     autocast = functools.partial(torch.autocast, device.type, dtype=dtype) if dtype \
         else contextlib.nullcontext
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if dtype == torch.float16
+                                  else 1.0) if on_device else None
     scheduler = _scheduler(optimizer, config, config.epochs * len(loader))
     shift = config.augment and not (isinstance(train, ImageSubset) and train.augments)
     history = History(config=asdict(config))
@@ -455,8 +454,7 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
                     x = random_shift(x, 2, noise)
                 loss, terms = training_step(model, optimizer, x, y, loss_terms=loss_terms,
                                             where=f"at epoch {epoch}, step {step} ",
-                                            autocast=autocast, scaler=scaler,
-                                            on_device=on_device)
+                                            autocast=autocast, scaler=scaler)
                 scheduler.step()
                 for name, value in {**terms, "loss": loss}.items():
                     sums[name] = sums[name] + _summable(value) if name in sums else \
