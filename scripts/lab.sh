@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# One intra-op thread: the models are tiny, and on a busy 2-core machine torch's default of one
-# thread per core made a 5-shot fine-tuning run 8× slower (threads spin-waiting for each other).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/jupyter lab notebooks/ "$@"
+# No thread setting here: tlgates chooses torch's thread count where it trains (tlgates.cpu),
+# so the notebooks give the same numbers whichever way JupyterLab is started.
+# JupyterLab refuses to run as root without --allow-root (containers, cloud machines, CI).
+root=()
+if [ "$(id -u)" -eq 0 ]; then root=(--allow-root); fi
+exec .venv/bin/jupyter lab notebooks/ ${root[@]+"${root[@]}"} "$@"

@@ -7,13 +7,22 @@ written (with its error) and the others still run; the exit status is 1 if any f
     .venv/bin/python scripts/run_course.py                  # the whole course
     .venv/bin/python scripts/run_course.py --only 03        # names containing "03"
     .venv/bin/python scripts/run_course.py --only '0[12]_*' --out /tmp/course
+    .venv/bin/python scripts/run_course.py --cold           # each as if it ran first
+
+``--cold`` gives every notebook an empty data folder of its own (``$TLGATES_DATA``): it renders
+the glyphs, trains the source model and every run it shows, as the first notebook a student
+opens does. Without it the notebooks share ``data/`` (and its run cache), as in a course.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +91,25 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: float, kernel: str) -> O
     return Outcome(path.name, ok, seconds, " ".join(detail.split()))
 
 
+@contextlib.contextmanager
+def empty_data_folder(cold: bool) -> Iterator[None]:
+    """With ``cold``, point ``$TLGATES_DATA`` (which the kernel inherits) at a new empty folder
+    for the duration of the block."""
+    if not cold:
+        yield
+        return
+    before = os.environ.get("TLGATES_DATA")
+    with tempfile.TemporaryDirectory(prefix="tlgates-cold-") as folder:
+        os.environ["TLGATES_DATA"] = folder
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["TLGATES_DATA"]
+            else:
+                os.environ["TLGATES_DATA"] = before
+
+
 def format_table(outcomes: list[Outcome]) -> str:
     """A plain-text table: notebook, status, wall time, and what failed."""
     width = max([len("notebook")] + [len(o.name) for o in outcomes])
@@ -111,6 +139,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="time limit per cell (default: 600)")
     parser.add_argument("--kernel", default="python3", help="kernel name (default: python3)")
+    parser.add_argument("--cold", action="store_true",
+                        help="run every notebook from an empty data folder of its own, as if "
+                             "it were the first one opened (default: they share data/)")
     return parser.parse_args(argv)
 
 
@@ -124,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for index, path in enumerate(notebooks, start=1):
         print(f"[{index}/{len(notebooks)}] {path.name} ...", flush=True)
-        outcome = run_notebook(path, args.out, timeout=args.timeout, kernel=args.kernel)
+        with empty_data_folder(args.cold):
+            outcome = run_notebook(path, args.out, timeout=args.timeout, kernel=args.kernel)
         status = "ok" if outcome.ok else f"FAILED: {outcome.detail}"
         print(f"[{index}/{len(notebooks)}] {path.name}: {status} ({outcome.seconds:.1f} s)",
               flush=True)

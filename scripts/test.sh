@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-# One intra-op thread: the models are tiny, and on a busy 2-core machine torch's default of one
-# thread per core made a 5-shot fine-tuning run 8× slower (threads spin-waiting for each other).
+# One intra-op thread for what the tests compute themselves: the models are tiny, and on a busy
+# 2-core machine torch's default of one thread per core made them several times slower. Training
+# (run_method) uses tlgates' own choice whatever this says (tlgates.cpu).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # The browser test needs Debian's chromium (never `playwright install`: it downloads a browser).

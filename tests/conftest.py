@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 
+import tlgates.runs
 from tlgates.backbones import tiny_resnet
 from tlgates.methods import TransferModel, build_method
 from tlgates.train import training_step
@@ -266,3 +267,10 @@ def trained(source, batch, one_step) -> Callable[..., TransferModel]:
             one_step(model, *batch)
         return model
     return train
+
+
+@pytest.fixture(autouse=True)
+def _train_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests train what they ask for: the run cache (tlgates.runs) is off in them, except
+    where a test module overrides this fixture. The notebooks, run by nbval, keep it on."""
+    monkeypatch.setattr(tlgates.runs, "enabled", lambda: False)

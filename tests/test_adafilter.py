@@ -197,7 +197,7 @@ def test_usage_penalty_follows_its_formula(source, batch):
     model = build_method("adafilter", source, 3, usage_weight=2.0, usage_target=0.25).train()
     terms = model.loss_terms(*batch)
     usage = torch.tensor([model.last_decisions[f"gate/{n}"].mean() for n in model.layer_names])
-    torch.testing.assert_close(terms["usage"], 2.0 * (usage - 0.25).pow(2).mean())
+    torch.testing.assert_close(terms["usage_penalty"], 2.0 * (usage - 0.25).pow(2).mean())
     assert set(build_method("adafilter", source, 3).train().loss_terms(*batch)) == {"ce"}
     assert set(model.eval().loss_terms(*batch)) == {"ce"}
 

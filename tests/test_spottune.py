@@ -200,8 +200,8 @@ def test_usage_target_term(source, batch):
     torch.manual_seed(0)
     terms = model.loss_terms(*batch)
     v = model.last_decisions["route"].mean(dim=0)
-    torch.testing.assert_close(terms["usage"], 2.0 * ((v - 0.25) ** 2).mean())
-    assert set(terms) == {"ce", "usage"}
+    torch.testing.assert_close(terms["usage_penalty"], 2.0 * ((v - 0.25) ** 2).mean())
+    assert set(terms) == {"ce", "usage_penalty"}
     assert set(build_method("spottune", source, 3, usage_weight=0.0).train()
                .loss_terms(*batch)) == {"ce"}
     assert set(model.eval().loss_terms(*batch)) == {"ce"}
@@ -325,7 +325,7 @@ def test_torchvision_resnet18():
                                model.head(source(x)))
     model.train()
     terms = model.loss_terms(x, y)
-    assert set(terms) == {"ce", "usage", "global"}
+    assert set(terms) == {"ce", "usage_penalty", "global"}
     assert model.last_decisions["route"].shape == (4, len(source.blocks))
     sum(terms.values()).backward()
     assert model.tuned_blocks[0].conv1.weight.grad is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tlgates import sweep
+from tlgates import cpu, sweep
 from tlgates.__main__ import main
 from tlgates.methods import METHODS
 
@@ -164,5 +164,5 @@ def test_random_rows_of_the_shipped_sweep_reproduce(shipped: sweep.Sweep) -> Non
     if not shipped.made_here:
         cpus = {record.get("cpu", "not recorded") for record in shipped.provenance}
         pytest.skip(f"the file was made on another kind of CPU ({', '.join(sorted(cpus))}; "
-                    f"here: {sweep.cpu_kind()}): its rows reproduce bit for bit only there")
+                    f"here: {cpu.kind()}): its rows reproduce bit for bit only there")
     assert checks["same"].all(), checks

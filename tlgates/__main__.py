@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="a method hyperparameter; repeat for several")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object with the results on the last line")
+    run.add_argument("--threads", type=int,
+                     help="torch threads on the CPU (default: tlgates' choice, the cores idle "
+                          "now; results depend on it)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="train every seed again, even one in the run cache (data/runs)")
     scale = run.add_argument_group("full scale (a GPU, real images, torchvision ResNets)")
     scale.add_argument("--arch", choices=("tiny",) + TORCHVISION_ARCHS, default="tiny",
                        help="the source network: the glyph-trained tiny ResNet (default) or "
@@ -200,16 +205,25 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
     spec = get_method(args.method)
     if args.seeds < 1:
         raise ValueError(f"seeds must be ≥ 1, got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1 (or left out: tlgates chooses), "
+                         f"got {args.threads}")
     execution = Execution(workers=args.workers, amp=args.amp, sync_batchnorm=args.sync_bn)
     device = _check_device(args.device)
     cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
     if args.sync_bn and not (cuda and distributed.launched()):
         raise ValueError("--sync-bn needs CUDA and several processes under torchrun")
-    load_target(args.target, shots=args.shots, seed=0, size=args.size)
+    try:
+        load_target(args.target, shots=args.shots, seed=0, size=args.size)
+    except (ValueError, FileNotFoundError) as err:  # a message not naming a flag is --target's
+        message = _as_flag(err)
+        raise type(err)(message if message.startswith("--") else f"--target {message}") \
+            from None
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     params = spec.check(_parse_set(args.set), args.preset)
     return {"config": config, "params": params, "backbone": _check_backbone(args, spec),
-            "size": args.size, "device": device, "execution": execution}
+            "size": args.size, "device": device, "execution": execution,
+            "threads": args.threads, "cache": not args.no_cache}
 
 
 def _names(flag: str, text: str) -> list[str]:

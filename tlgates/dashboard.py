@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -37,6 +38,13 @@ from tlgates.stats import accuracy_cells
 from tlgates.train import History, TrainConfig
 
 RUN_SETTINGS = ("method", "shots", "seeds", "target", "preset")
+# Live curves are redrawn at most this often (a redraw takes about 0.25 s on a laptop CPU,
+# as long as a training epoch of the tiny network): often enough to watch, cheap enough not to
+# slow the run down. The last epoch is always drawn.
+REDRAW_SECONDS = 2.0
+# The live validation curve has a point every VAL_EVERY epochs and at the last: validating the
+# 200 validation images costs as much as a training epoch of the 5-shot task, or twice as much.
+VAL_EVERY = 5
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -123,6 +131,7 @@ class Dashboard(widgets.VBox):
         self.results: list[dict[str, Any]] = []
         self.last_result: RunResult | None = None
         self._stop = threading.Event()
+        self._drawn_at = 0.0
         self._thread: threading.Thread | None = None
         for widget in self.controls.values():
             if hasattr(widget, "continuous_update"):
@@ -191,12 +200,15 @@ class Dashboard(widgets.VBox):
         self.train_button.disabled, self.stop_button.disabled = True, False
         self.progress.max, self.progress.value = config.epochs * settings["seeds"], 0
         self.status.value = f"Training <b>{settings['method']}</b>…"
+        self._drawn_at = time.monotonic()
         try:
             result = run_method(source=self.source, progress=False, on_epoch=self._on_epoch,
-                                should_stop=self._stop.is_set, **settings)
+                                should_stop=self._stop.is_set, val_every=VAL_EVERY,
+                                **settings)
         finally:
             self.train_button.disabled, self.stop_button.disabled = False, True
         self.last_result = result
+        self._draw(result.histories[-1])
         if result.accuracies:
             self.add_result(result, values)
             if self.view_fn is not None:
@@ -206,6 +218,7 @@ class Dashboard(widgets.VBox):
             self.status.value = (f"Stopped early after {done} epoch(s); the unfinished run is "
                                  "not added to the table.")
         else:
+            self.progress.value = self.progress.max
             self.status.value = result.summary()
         return result
 
@@ -220,8 +233,13 @@ class Dashboard(widgets.VBox):
 
     def _on_epoch(self, history: History) -> None:
         self.progress.value += 1
-        fig = plot_history(history)
-        self.curves.outputs = (_figure_output(fig),)
+        if time.monotonic() - self._drawn_at >= REDRAW_SECONDS:
+            self._draw(history)
+
+    def _draw(self, history: History) -> None:
+        if len(history):
+            self.curves.outputs = (_figure_output(plot_history(history)),)
+        self._drawn_at = time.monotonic()
 
     def _show_table(self) -> None:
         frame = results_frame(self.results)

@@ -24,7 +24,7 @@ from tlgates.backbones import Backbone, tiny_resnet
 from tlgates.data import GLYPH_CLASSES, glyph_dataset
 from tlgates.methods.base import SOURCE_KINDS, Classifier, TransferModel
 from tlgates.methods.ptu import RecurrentClassifier, RowLSTM
-from tlgates import cache
+from tlgates import cache, cpu
 from tlgates.paths import data_dir
 from tlgates.train import TrainConfig, evaluate, fit
 
@@ -47,7 +47,8 @@ def _pretrain(model: TransferModel, train: TensorDataset, seed: int, loop: Train
     """Train ``model`` on the glyphs ``train``; return (accuracy on held-out glyphs, seconds)."""
     held_out = glyph_dataset(20, seed=seed + 1)
     start = time.perf_counter()
-    fit(model, train, config=loop, seed=seed, device="cpu", progress=progress)
+    with cpu.threads(cpu.choose_threads()):
+        fit(model, train, config=loop, seed=seed, device="cpu", progress=progress)
     seconds = time.perf_counter() - start
     return evaluate(model, held_out).accuracy, seconds
 

@@ -17,7 +17,7 @@ training settings), and ``{"kind": "result", "method": ..., "target": ..., "shot
 deterministic for a given thread count on a given kind of CPU, and :func:`recheck` re-runs rows
 to show it. On another kind of CPU (another vendor or vector instruction set) floating-point
 sums round differently and a run drifts as another seed would, so the provenance records the
-CPU (:func:`cpu_kind`) and a bit-for-bit comparison is meaningful only on the same kind.
+CPU (:func:`tlgates.cpu.kind`) and a bit-for-bit comparison is meaningful only on the same kind.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 import tlgates
+from tlgates import cpu
 from tlgates.experiment import run_method
 from tlgates.methods import get_method
 from tlgates.source import source_network
@@ -76,9 +77,9 @@ class Sweep:
     @property
     def made_here(self) -> bool:
         """Whether every invocation that made the file recorded this machine's kind of CPU
-        (:func:`cpu_kind`): only then can its rows be reproduced bit for bit here."""
+        (:func:`tlgates.cpu.kind`): only then can its rows be reproduced bit for bit here."""
         return bool(self.provenance) and all(
-            record.get("cpu") == cpu_kind() for record in self.provenance)
+            record.get("cpu") == cpu.kind() for record in self.provenance)
 
 
 def grid(methods: Sequence[str], targets: Sequence[str], shots: Sequence[int],
@@ -107,20 +108,6 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def cpu_kind() -> str:
-    """The CPU's model name and the vector instructions torch uses on it, e.g. ``"AMD EPYC,
-    AVX2"``: what decides how CPU training rounds, besides the thread count."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
-
-
 def _device() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
@@ -131,7 +118,7 @@ def provenance(settings: dict[str, Any], command: str, jobs: int) -> dict[str, A
     """How this invocation makes its rows."""
     return {"kind": "provenance", "format": FORMAT, "command": command,
             "tlgates": tlgates.__version__, "commit": _commit(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": _device(), "cpu": cpu_kind(),
+            "python": platform.python_version(), "device": _device(), "cpu": cpu.kind(),
             "threads": settings["threads"], "jobs": jobs,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "settings": settings}
@@ -231,15 +218,12 @@ def _mismatch(path: Path, theirs: dict[str, Any], ours: dict[str, Any]) -> str:
 
 def run_setting(setting: Setting, config: TrainConfig, preset: str, threads: int,
                 params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train one setting at ``threads`` torch threads; its result record."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        result = run_method(setting.method, target=setting.target, shots=setting.shots,
-                            seeds=[setting.seed], config=config, params=params,
-                            preset=preset, progress=False, curves=False)
-    finally:
-        torch.set_num_threads(before)
+    """Train one setting at ``threads`` torch threads; its result record. It is always trained
+    (``cache=False``: a re-check must train), and kept in the run cache like any run."""
+    result = run_method(setting.method, target=setting.target, shots=setting.shots,
+                        seeds=[setting.seed], config=config, params=params, preset=preset,
+                        progress=False, curves=False, threads=threads, cache=False,
+                        keep_model=False)
     if not result.accuracies:  # fit stopped on a KeyboardInterrupt
         raise KeyboardInterrupt
     return {"kind": "result", **setting._asdict(), "accuracy": result.accuracies[0],

@@ -374,14 +374,15 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
         device: torch.device | str | None = None, progress: bool = True,
         on_epoch: Callable[[History], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-        execution: Execution = Execution()) -> History:
+        execution: Execution = Execution(), val_every: int = 1) -> History:
     """Train ``model`` on ``train``; return the per-epoch :class:`History`.
 
     Args:
         model: any method's model; it is moved to ``device`` and trained in place.
         train: the training set (``(x, y)`` pairs). An :class:`~tlgates.data.ImageSubset` that
             augments its images gets no pixel shift from the loop (``config.augment``).
-        val: evaluated after every epoch (``val_acc`` and the model's records), if given.
+        val: evaluated after every ``val_every``-th epoch and the last (``val_acc`` and the
+            model's records), if given.
         config: loop settings (:class:`TrainConfig`).
         seed: seeds shuffling, augmentation and any sampling inside the model.
         device: default :func:`default_device`; under torchrun, this process's GPU or the CPU.
@@ -477,7 +478,7 @@ def fit(model: TransferModel, train: Dataset, val: Dataset | None = None,
             row.update({name: total / (len(loader) * world) for name, total in totals.items()})
             row["lr"] = optimizer.param_groups[-1]["lr"]
             row.update(model.training_record())
-            if val is not None:
+            if val is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == config.epochs):
                 result = evaluate(model, val, batch_size=config.eval_batch_size, device=device,
                                   workers=execution.workers)
                 row["val_acc"] = result.accuracy

@@ -407,7 +407,7 @@ class AdaFilter(TransferModel):
         """``ce`` and, with ``usage_weight > 0`` in training, the ``usage`` penalty."""
         terms = {"ce": F.cross_entropy(self(x), y)}
         if self.usage_weight > 0 and self.training and self.force_path is None:
-            terms["usage"] = self.usage_penalty()
+            terms["usage_penalty"] = self.usage_penalty()
         return terms
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:

@@ -301,14 +301,14 @@ class SpotTune(TransferModel):
         return self.forward_with_routes(x, routes)[0]
 
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``ce``, and in training ``usage`` and ``global`` when their weights are > 0."""
+        """``ce``, and in training ``usage_penalty`` and ``global`` when their weights are > 0."""
         logits, routes = self.forward_with_routes(x)
         terms = {"ce": F.cross_entropy(logits, y)}
         if not self.training:
             return terms
         v = routes.mean(dim=0)  # fraction of the batch fine-tuning each block
         if self.usage_weight > 0:
-            terms["usage"] = self.usage_weight * (v - self.usage_target).pow(2).mean()
+            terms["usage_penalty"] = self.usage_weight * (v - self.usage_target).pow(2).mean()
         if self.global_weight > 0:
             vc = v.clamp(1e-4, 1 - 1e-4)
             entropy = -(vc * vc.log() + (1 - vc) * (1 - vc).log()).sum()

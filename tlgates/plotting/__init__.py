@@ -61,8 +61,10 @@ def plot_history(histories: History | Sequence[History],
         if frame.empty:
             continue
         ax_loss.plot(frame["epoch"], frame["loss"], label=label)
-        if "val_acc" in frame:
-            ax_acc.plot(frame["epoch"], 100 * frame["val_acc"], label=label)
+        if "val_acc" in frame:  # validated every epoch, or every few (``val_every``)
+            val = frame.dropna(subset=["val_acc"])
+            ax_acc.plot(val["epoch"], 100 * val["val_acc"], label=label,
+                        marker="o" if len(val) < len(frame) else None, markersize=3)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
     if any(labels):

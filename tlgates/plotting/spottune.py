@@ -88,7 +88,8 @@ def draw_block_usage(ax: Axes, routes: torch.Tensor) -> None:
 
 
 def draw_usage_epochs(ax: Axes, history: pd.DataFrame) -> None:
-    """Per-block usage on the validation set after every epoch."""
+    """Per-block usage on the validation set after every epoch that was validated."""
+    history = history.dropna(subset=["usage"])
     per_epoch = np.array(history["usage"].tolist())
     for l in range(per_epoch.shape[1]):
         ax.plot(history["epoch"], per_epoch[:, l], marker=".", label=f"block {l + 1}")
