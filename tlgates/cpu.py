@@ -40,7 +40,7 @@ from tlgates import distributed
 MAX_THREADS = 4  # the tiny models gain little from more; measured up to 2 cores only
 BUSY_SHARE = 0.2  # a core that others keep busier than this is left to them
 LOOK_SECONDS = 0.1  # how long the load is sampled
-REUSE_SECONDS = 10.0  # a choice is reused this long (compare() starts runs back to back)
+REUSE_SECONDS = 3.0  # a choice is reused this long (compare() starts runs back to back)
 
 _last_choice: tuple[float, int] | None = None
 

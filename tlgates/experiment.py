@@ -186,7 +186,8 @@ def compare(methods: Sequence[str], *, target: str = "digits", shots: Sequence[i
 
     Only test accuracy is measured (no per-epoch validation pass); one progress bar counts
     the settings. Returns one row per (method, shots, seed) with columns ``method``,
-    ``shots``, ``seed``, ``accuracy`` and ``seconds`` (per seed); see :func:`summarize`.
+    ``shots``, ``seed``, ``accuracy``, ``seconds`` (per seed) and ``cached`` (read from the run
+    cache); see :func:`summarize`.
     """
     source = source if source is not None else source_model(progress=progress)
     seed_values = _seed_list(seeds)
@@ -197,10 +198,10 @@ def compare(methods: Sequence[str], *, target: str = "digits", shots: Sequence[i
         bar.set_postfix_str(f"{name}, {k} per class")
         result = run_method(name, target=target, shots=k, seeds=seed_values, config=config,
                             params=(params or {}).get(name), preset=preset, source=source,
-                            progress=False,
-                            curves=False)
+                            progress=False, curves=False, keep_model=False)
         per_seed = result.seconds / len(result.seeds)
-        rows += [{"method": name, "shots": k, "seed": s, "accuracy": a, "seconds": per_seed}
+        rows += [{"method": name, "shots": k, "seed": s, "accuracy": a, "seconds": per_seed,
+                  "cached": s in result.cached}
                  for s, a in zip(result.seeds, result.accuracies)]
     return pd.DataFrame(rows)
 
