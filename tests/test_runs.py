@@ -1,16 +1,15 @@
 """The run cache (tlgates.runs): a run read back is the run trained, and nothing else is read."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from tlgates import runs
 from tlgates.backbones import tiny_resnet
 from tlgates.experiment import compare, run_method
+from tlgates.methods import METHODS
 from tlgates.source import SourceConfig, SourceModel
-from tlgates.train import TrainConfig, evaluate
+from tlgates.train import Execution, TrainConfig, evaluate
 
 SHORT = TrainConfig(epochs=2)
 
@@ -57,14 +56,33 @@ def test_only_missing_seeds_are_trained(glyph_source):
 
 @pytest.mark.parametrize("change", [
     {"params": {"lr_scale": 0.5}}, {"config": TrainConfig(epochs=3)}, {"seeds": [2]},
-    {"threads": 2}, {"preset": "paper"}, {"curves": False}, {"val_every": 2},
-    {"shots": 2}, {"target": "digits-photo"},
+    {"threads": 2}, {"preset": "paper"}, {"shots": 2}, {"target": "digits-photo"},
 ])
 def test_another_setting_is_not_read_from_the_cache(glyph_source, change):
     method = "spottune" if "params" in change else "l2sp"
     _run(glyph_source, method, seeds=[2] if "seeds" not in change else [0])
     other = _run(glyph_source, method, **{"seeds": [2], **change})
     assert other.cached == []
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_validation_curves_do_not_change_the_training(glyph_source, method):
+    """What lets a run trained with curves serve a request without them (run_key)."""
+    runs_of = [_run(glyph_source, method, seeds=[0], curves=curves, cache=False, threads=1)
+               for curves in (True, False)]
+    assert runs_of[0].accuracies == runs_of[1].accuracies
+    assert runs_of[0].histories[0].rows[-1]["loss"] == runs_of[1].histories[0].rows[-1]["loss"]
+
+
+def test_a_run_with_curves_serves_a_request_without_and_not_the_reverse(glyph_source):
+    _run(glyph_source, seeds=[0], curves=False)
+    with_curves = _run(glyph_source, seeds=[0], val_every=2)
+    assert with_curves.cached == [] and "val_acc" in with_curves.histories[0].rows[-1]
+    assert [r["epoch"] for r in with_curves.histories[0].rows if "val_acc" in r] == [2]
+    assert _run(glyph_source, seeds=[0], curves=False).cached == [0]
+    assert _run(glyph_source, seeds=[0], val_every=2).cached == [0]
+    assert _run(glyph_source, seeds=[0], val_every=1).cached == []  # every epoch: not kept
+    assert _run(glyph_source, seeds=[0], val_every=2).cached == [0]  # every epoch serves 2
 
 
 def test_another_source_or_code_is_not_read_from_the_cache(glyph_source, monkeypatch):
@@ -134,8 +152,7 @@ def test_full_scale_runs_are_not_cached(glyph_source):
 
 def test_the_key_names_everything_a_result_depends_on(glyph_source):
     key = runs.run_key(method="finetune", target="digits", shots=5, seed=0, preset="tlgates",
-                       params={}, config=SHORT, val_every=None,
-                       execution=dataclasses.replace(run_method.__kwdefaults__["execution"]),
+                       params={}, config=SHORT, execution=Execution(),
                        source=glyph_source.backbone, threads=1)
     assert set(key) == {"method", "target", "shots", "seed", "preset", "params", "config",
-                        "val_every", "execution", "source", "threads", "cpu", "torch", "code"}
+                        "execution", "source", "threads", "cpu", "torch", "code"}

@@ -140,10 +140,11 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
             need_model = keep_model and seed == seed_values[-1]
             key = runs.run_key(method=method, target=target, shots=shots, seed=seed,
                                preset=preset, params=values, config=config,
-                               val_every=val_every if curves else None, execution=execution,
-                               source=network, threads=threads) \
+                               execution=execution, source=network, threads=threads) \
                 if cacheable else None
-            run = runs.load(key, need_model=need_model) if key and cache else None
+            curve_every = val_every if curves else None
+            run = runs.load(key, need_model=need_model, val_every=curve_every) \
+                if key and cache else None
             seed_everything(seed)
             model = spec.build(network, task.num_classes, **values) \
                 if run is None or need_model else None
@@ -159,7 +160,7 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
                 accuracy = evaluate(model, task.test, batch_size=config.eval_batch_size,
                                     workers=execution.workers).accuracy
                 run = runs.CachedRun(accuracy, history, time.perf_counter() - start,
-                                     model.state_dict() if need_model else None)
+                                     model.state_dict() if need_model else None, curve_every)
                 if key:
                     runs.save(key, run)
             else:

@@ -66,13 +66,16 @@ def enabled() -> bool:
 
 
 def run_key(*, method: str, target: str, shots: int, seed: int, preset: str,
-            params: dict[str, Any], config: TrainConfig, val_every: int | None,
-            execution: Execution, source: nn.Module, threads: int) -> dict[str, Any]:
-    """Everything a CPU run's result depends on, as plain JSON values (``val_every``: how
-    often the curves were validated, ``None`` without curves)."""
+            params: dict[str, Any], config: TrainConfig, execution: Execution,
+            source: nn.Module, threads: int) -> dict[str, Any]:
+    """Everything a CPU run's result depends on, as plain JSON values.
+
+    Not the validation curves: evaluation never changes the training that follows it (it runs
+    in eval mode on a fork of the random state), so a run trained with curves has the weights
+    and test accuracy of the same run without them, and serves that request too."""
     return json.loads(json.dumps({
         "method": method, "target": target, "shots": shots, "seed": seed, "preset": preset,
-        "params": params, "config": asdict(config), "val_every": val_every,
+        "params": params, "config": asdict(config),
         "execution": asdict(execution), "source": fingerprint(source), "threads": threads,
         "cpu": cpu.kind(), "torch": torch.__version__, "code": code_version()}, sort_keys=True))
 
@@ -97,21 +100,27 @@ class CachedRun:
     history: History
     seconds: float
     state: dict[str, torch.Tensor] | None  # the model's weights, when they were kept
+    val_every: int | None  # validated after every val_every-th epoch and the last; None: never
+
+    def has_curves(self, val_every: int | None) -> bool:
+        """Whether its history has the validation points that ``val_every`` asks for."""
+        return val_every is None or self.val_every in (1, val_every)
 
 
-def load(key: dict[str, Any], *, need_model: bool) -> CachedRun | None:
+def load(key: dict[str, Any], *, need_model: bool, val_every: int | None) -> CachedRun | None:
     """The run kept under ``key``, or ``None`` (never run, unreadable, or without the model
-    weights that ``need_model`` asks for)."""
+    weights that ``need_model`` asks for or the curves that ``val_every`` asks for)."""
     saved = cache.load(_path(key), version=VERSION, what=f"{key['method']} run",
                        rebuild="training it again", matches=lambda saved: saved["key"] == key)
-    if saved is None or (need_model and saved["state"] is None):
+    if saved is None:
         return None
-    history = History(**saved["history"])
-    return CachedRun(saved["accuracy"], history, saved["seconds"], saved["state"])
+    run = CachedRun(saved["accuracy"], History(**saved["history"]), saved["seconds"],
+                    saved["state"], saved["val_every"])
+    return run if run.has_curves(val_every) and not (need_model and run.state is None) else None
 
 
 def save(key: dict[str, Any], run: CachedRun) -> None:
     """Keep ``run`` under ``key`` (written atomically; see :func:`tlgates.cache.save`)."""
     cache.save(_path(key), {"key": key, "accuracy": run.accuracy, "seconds": run.seconds,
-                            "history": asdict(run.history), "state": run.state},
-               version=VERSION)
+                            "history": asdict(run.history), "state": run.state,
+                            "val_every": run.val_every}, version=VERSION)
