@@ -135,6 +135,7 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
         and device.type == "cpu" and distributed.world_size() == 1
     result = RunResult(method, target, shots, seed_values, [], 0.0, values, preset,
                        threads=threads)
+    curve_every = val_every if curves else None  # what a cached run's history must have
     with cpu.threads(threads):
         for seed, task in zip(seed_values, tasks):
             need_model = keep_model and seed == seed_values[-1]
@@ -142,7 +143,6 @@ def run_method(method: str, *, target: str = "digits", shots: int = 5,
                                preset=preset, params=values, config=config,
                                execution=execution, source=network, threads=threads) \
                 if cacheable else None
-            curve_every = val_every if curves else None
             run = runs.load(key, need_model=need_model, val_every=curve_every) \
                 if key and cache else None
             seed_everything(seed)
