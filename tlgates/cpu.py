@@ -67,14 +67,19 @@ def cores() -> int:
 
 
 def busy_elsewhere(seconds: float = LOOK_SECONDS) -> float:
-    """How many cores other processes kept busy during the next ``seconds`` (0 … cores)."""
+    """How many cores other processes kept busy during the next ``seconds`` (0 … cores).
+
+    Busy is everything but idle and I/O wait; on Linux the guest times are already part of
+    user and nice time, so they are not added again."""
     own = psutil.Process()
 
     def sample() -> tuple[float, float, float]:
         total = psutil.cpu_times()
         mine = own.cpu_times()
-        idle = total.idle + getattr(total, "iowait", 0.0)
-        return time.perf_counter(), sum(total) - idle, mine.user + mine.system
+        not_busy = total.idle + getattr(total, "iowait", 0.0)
+        counted_twice = getattr(total, "guest", 0.0) + getattr(total, "guest_nice", 0.0)
+        return (time.perf_counter(), sum(total) - not_busy - counted_twice,
+                mine.user + mine.system)
 
     wall0, busy0, own0 = sample()
     time.sleep(seconds)
